@@ -1,0 +1,34 @@
+r"""The seed project's custom CNN, at a resolution where the ECG trace survives.
+
+  python -m ecgjax.main --config=configs/cnn.py --workdir=runs/cnn
+
+On the real release (built once from the download, see the README):
+  python -m ecgjax.main --config=configs/cnn.py --workdir=runs/cnn_real \
+      --config.dataset.name=ecg_images --config.dataset.config=w1024 \
+      --config.dataset.manual_dir=$HOME/ecg_release
+
+`--config=configs/cnn.py:smoke` shrinks it to a CPU smoke run of seconds.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.base_config()
+  config.model.filters = (32, 64, 128, 256)
+  config.model.convs_per_stage = 2
+  config.model.dense_units = 128
+  config.data.image_size = (320, 544)
+  config.data.augment = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
+  config.train.num_epochs = 30
+  config.train.learning_rate = 2e-3
+  if arg == "smoke":
+    config = default.smoke(config)
+    config.model.filters = (4, 8)
+    config.model.convs_per_stage = 1
+    config.model.dense_units = 8
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or nothing.")
+  return config

@@ -1,0 +1,103 @@
+r"""Default experiment: the custom CNN on the synthetic `ecg_synth/small` pages.
+
+  python -m ecgjax.main --config=configs/default.py --workdir=runs/default
+
+Shrink for a CPU smoke run with `--config=configs/default.py:smoke`. Every other experiment config
+starts from `base_config()` here and changes what it needs; any field can be overridden on the
+command line, e.g. `--config.train.num_epochs=30 --config.data.image_size='(320,544)'`.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields shared by every experiment, with the custom CNN on ecg_synth/small."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Parameters, dropout, shuffling and augmentation all derive from it.
+  # Initialise parameters from another run's workdir (e.g. pre-trained on ecg_synth/large); '' = none.
+  config.init_from = ""
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "ecg_synth"  # TFDS builder: 'ecg_synth' (generated) or 'ecg_images' (real).
+  config.dataset.config = "small"  # BuilderConfig of that builder.
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS default.
+  config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # ecg_images: where the release is.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.test_fold = 0  # Fold 0..4 held out for the test report.
+  config.data.val_fold = 1  # Fold used for model selection (best checkpoint) and BN-free curves.
+  config.data.image_size = (256, 448)  # (height, width) of the model input; the panel is ~1.72:1.
+  config.data.resize_mode = "pad"  # 'pad': keep aspect ratio, pad with paper; 'stretch'.
+  config.data.grayscale = False  # One luminance channel instead of RGB.
+  config.data.value_range = (-1.0, 1.0)  # uint8 [0, 255] is mapped to this inside the step.
+  # Training augmentation, a chain of ops from ecgjax/data/transforms.py; '' turns it off.
+  config.data.augment = ""
+  config.data.worker_count = 0  # grain worker processes (0: decode in the main process).
+  config.data.read_threads = 2  # Threads reading and decoding in each process.
+  config.data.prefetch = 4  # Elements each thread reads ahead.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "cnn"  # 'cnn', 'mobilenet_v2', 'vgg16' or 'fusion'; the other fields are its arguments.
+  config.model.filters = (16, 32, 64, 128)
+  config.model.convs_per_stage = 1
+  config.model.dense_units = 64
+  config.model.dropout = 0.3
+  config.model.bn_momentum = 0.9
+  config.model.dtype = "float32"  # 'bfloat16' for activations on GPU/TPU; parameters stay float32.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16  # Global batch; must divide by the number of devices.
+  config.train.num_epochs = 15
+  config.train.optimizer = "adamw"  # 'adamw', 'sgd' (Nesterov momentum 0.9) or 'lamb'.
+  config.train.learning_rate = 2e-3  # Peak, reached after warm-up, then cosine decay to 0.
+  config.train.warmup_epochs = 1.0
+  config.train.weight_decay = 1e-4  # Decoupled; not applied to biases and norm scales.
+  config.train.grad_clip_norm = 1.0  # Global-norm clipping; 0 turns it off.
+  config.train.label_smoothing = 0.0
+  config.train.class_weights = "balanced"  # 'balanced' (inverse train frequency) or 'none'.
+  # Exponential moving average of the parameters, used for evaluation; 0 turns it off.
+  config.train.ema_decay = 0.99
+  # Before each evaluation, BatchNorm statistics are recomputed for the evaluated parameters as exact
+  # averages over this many training batches (no augmentation); 0 keeps the moving averages.
+  config.train.bn_recompute_batches = 8
+  config.train.log_every_steps = 10
+  config.train.checkpoint_every_steps = 50  # Also one at the end of every epoch.
+  config.train.keep_checkpoints = 2  # Latest ones kept, besides the best by validation macro-F1.
+  config.train.eval_every_epochs = 1
+  # Stop as if killed once this step (and any checkpoint due at it) is done; for preemption tests.
+  config.train.stop_at_step = ml_collections.config_dict.placeholder(int)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 16
+  config.eval.checkpoint = "best"  # Which checkpoint the test report uses: 'best' or 'latest'.
+
+  config.saliency = ml_collections.ConfigDict()
+  config.saliency.num_pages = 4  # Test pages the main job writes maps for (0: none).
+  config.saliency.method = "smoothgrad"
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config to a run of seconds on a CPU; used by the tests."""
+  config.dataset.config = "tiny"
+  config.data.image_size = (48, 80)
+  config.data.read_threads = 1
+  config.train.batch_size = 4
+  config.train.num_epochs = 2
+  config.train.checkpoint_every_steps = 2
+  config.train.log_every_steps = 1
+  config.train.bn_recompute_batches = 2
+  config.eval.batch_size = 4
+  config.saliency.num_pages = 2
+  return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = base_config()
+  if arg == "smoke":
+    config = smoke(config)
+    config.model.filters = (4, 8)
+    config.model.dense_units = 8
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or nothing.")
+  return config

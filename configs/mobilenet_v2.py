@@ -1,0 +1,37 @@
+r"""MobileNetV2 (the Keras Applications architecture), trained from scratch or from Keras weights.
+
+  python -m ecgjax.main --config=configs/mobilenet_v2.py --workdir=runs/mobilenet_v2
+
+Width multiplier: `--config.model.alpha=0.5`. From ImageNet weights you already have:
+  python -m ecgjax.models.keras_import --model mobilenet_v2 --weights FILE.h5 --workdir runs/mnv2_imagenet
+  python -m ecgjax.main --config=configs/mobilenet_v2.py --workdir=runs/mnv2_ft \
+      --config.init_from=runs/mnv2_imagenet
+
+`--config=configs/mobilenet_v2.py:smoke` shrinks it to a CPU smoke run of seconds.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.base_config()
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "mobilenet_v2"
+  config.model.alpha = 1.0  # Width multiplier, as Keras' `alpha`.
+  config.model.dropout = 0.2  # Before the logits (Keras has none).
+  config.model.bn_momentum = 0.9  # Keras' 0.999 leaves the statistics at their start in short runs.
+  config.model.depthwise_impl = "auto"  # 'auto' picks the fast CPU path on CPU, lax.conv elsewhere.
+  config.model.dtype = "float32"
+  config.data.image_size = (320, 544)
+  config.data.augment = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
+  config.train.num_epochs = 30
+  config.train.learning_rate = 1e-3
+  config.train.weight_decay = 4e-5
+  if arg == "smoke":
+    config = default.smoke(config)
+    config.model.alpha = 0.35
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or nothing.")
+  return config

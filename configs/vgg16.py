@@ -1,0 +1,37 @@
+r"""VGG16 (the Keras Applications architecture) with a global-pooling head.
+
+  python -m ecgjax.main --config=configs/vgg16.py --workdir=runs/vgg16
+
+Keras' 4096-wide classifier head (`--config.model.head=classifier`) ties the model to one input size
+and holds most of its 138M parameters; the pooling head suits page-shaped inputs. Heavy on a CPU: run
+it on a GPU or TPU, or shrink it with `--config=configs/vgg16.py:smoke`.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.base_config()
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "vgg16"
+  config.model.head = "gap"  # 'gap' or Keras' 'classifier' (flatten, fc1, fc2).
+  config.model.dense_units = 4096  # Width of fc1/fc2 in the 'classifier' head.
+  config.model.dropout = 0.3
+  config.model.width = 1.0  # Channel multiplier; 1.0 is Keras' VGG16.
+  config.model.dtype = "float32"
+  config.data.image_size = (256, 448)
+  config.data.augment = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
+  config.train.num_epochs = 30
+  config.train.optimizer = "sgd"
+  config.train.learning_rate = 1e-2
+  config.train.weight_decay = 5e-4
+  config.train.bn_recompute_batches = 0  # VGG16 has no BatchNorm.
+  if arg == "smoke":
+    config = default.smoke(config)
+    config.model.width = 1 / 16
+    config.model.dense_units = 16
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or nothing.")
+  return config

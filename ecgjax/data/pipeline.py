@@ -1,0 +1,271 @@
+"""The grain input pipeline: TFDS data sources in, batches of uint8 images and labels out.
+
+Train batches come from an endless, seeded, per-epoch reshuffled `grain.MapDataset`, sharded by
+process for multi-host runs; the iterator is checkpointable (`get_state`/`set_state`) so a resumed run
+sees the same batches. Evaluation batches cover a split exactly once, padded to whole batches with a
+`mask`. Images stay uint8 on the host (four times less to move than float32); `normalize` turns them
+into the model's value range inside the jitted step.
+
+Not here: the data sets themselves (`ecg_synth`, `ecg_images`) and the image ops (`transforms`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from ecgjax.data import features as features_lib
+from ecgjax.data import transforms
+
+# Importing the builders registers them with TFDS, so a config can name them.
+DATASET_MODULES = {
+    "ecg_synth": "ecgjax.data.ecg_synth",
+    "ecg_images": "ecgjax.data.ecg_images",
+}
+
+
+def _register_builder(name: str) -> None:
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = DATASET_MODULES.get(name)
+  if module is None:
+    raise ValueError(f"Unknown data set {name!r} (config.dataset.name); "
+                     f"available: {sorted(DATASET_MODULES)}.")
+  importlib.import_module(module)
+
+
+def dataset_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder named by `config.dataset` (`name`, `config`, `data_dir`, `manual_dir`)."""
+  _register_builder(dataset_config.name)
+  name = dataset_config.name
+  if dataset_config.get("config"):
+    name = f"{name}/{dataset_config.config}"
+  return tfds.builder(name, data_dir=dataset_config.get("data_dir") or None,
+                      file_format="array_record")
+
+
+def prepare(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Builds the data set if needed (generated, or from `manual_dir`) and returns its builder."""
+  builder = dataset_builder(dataset_config)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=dataset_config.get("manual_dir") or None)
+  builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """Which folds train, validate and test (`config.data.test_fold`, `config.data.val_fold`)."""
+  train: tuple[str, ...]
+  val: tuple[str, ...]
+  test: tuple[str, ...]
+
+
+def fold_splits(data_config: ml_collections.ConfigDict) -> Splits:
+  test, val = int(data_config.test_fold), data_config.val_fold
+  num = features_lib.NUM_FOLDS
+  if not 0 <= test < num:
+    raise ValueError(f"config.data.test_fold={test} out of range 0..{num - 1}.")
+  if val is not None and (not 0 <= int(val) < num or int(val) == test):
+    raise ValueError(f"config.data.val_fold={val} must be in 0..{num - 1} and differ from "
+                     f"test_fold={test} (or None to validate on the test fold's neighbour-free "
+                     "train folds is not supported: choose a fold).")
+  used = {test} | ({int(val)} if val is not None else set())
+  train = tuple(f"fold{i}" for i in range(num) if i not in used)
+  return Splits(train=train, val=(f"fold{int(val)}",) if val is not None else (),
+                test=(f"fold{test}",))
+
+
+class Source:
+  """Random access to the examples of several splits of one built data set, images still encoded."""
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, splits: Sequence[str]):
+    self.builder = builder
+    self.splits = tuple(splits)
+    self._sources = [
+        builder.as_data_source(split=s, decoders={"image": tfds.decode.SkipDecoding()})
+        for s in self.splits
+    ]
+    self._offsets = np.cumsum([0] + [len(s) for s in self._sources])
+
+  def __len__(self) -> int:
+    return int(self._offsets[-1])
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    part = int(np.searchsorted(self._offsets, index, side="right")) - 1
+    return self._sources[part][index - int(self._offsets[part])]
+
+  def labels(self) -> np.ndarray:
+    """All labels, in index order (reads the records; fine for data sets of this size)."""
+    return np.array([int(self[i]["label"]) for i in range(len(self))], dtype=np.int64)
+
+  def __repr__(self) -> str:
+    return f"Source({self.builder.info.full_name}, splits={self.splits}, n={len(self)})"
+
+
+def decode_image(data: bytes, target_hw: tuple[int, int] | None = None,
+                 what: str = "image") -> np.ndarray:
+  """Decodes JPEG/PNG bytes to uint8 RGB (H, W, 3).
+
+  With `target_hw`, JPEG's DCT scaling (`Image.draft`) decodes at the smallest power-of-two reduction
+  still at least that size, which makes decoding a 1024 px page for a 256 px model several times
+  cheaper.
+  """
+  try:
+    image = Image.open(io.BytesIO(data))
+    if target_hw is not None:
+      image.draft("RGB", (target_hw[1], target_hw[0]))
+    return np.asarray(image.convert("RGB"))
+  except Exception as e:  # PIL raises many types for bad data.
+    raise ValueError(f"Cannot decode {what}: {e}") from e
+
+
+class Preprocess(grain.transforms.Map):
+  """Decodes and applies the deterministic ops (resize, optional grayscale)."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict):
+    self.image_size = tuple(data_config.image_size)
+    spec = f"resize({self.image_size[0]}, {self.image_size[1]}, mode={data_config.resize_mode!r})"
+    if data_config.grayscale:
+      spec += "|grayscale"
+    self.spec = spec
+    self._ops = None
+
+  def map(self, example):
+    source = example.get("source_path", b"")
+    source = source.decode() if isinstance(source, bytes) else str(source)
+    image = decode_image(example["image"], self.image_size, what=f"image of {source!r}")
+    return {"image": self.process(image), "label": np.int32(example["label"])}
+
+  def process(self, image: np.ndarray) -> np.ndarray:
+    """A decoded uint8 RGB image to the model's input size and channels."""
+    if self._ops is None:  # Built lazily: ops are closures, built again in each worker.
+      self._ops = transforms.parse(self.spec)
+    return transforms.apply(self._ops, image, np.random.default_rng(0))
+
+
+class Augment(grain.transforms.RandomMap):
+  """The training augmentation chain of `config.data.augment`, seeded per example by grain."""
+
+  def __init__(self, spec: str):
+    self.spec = spec
+    transforms.parse(spec)  # Fail on a bad spec now, not in a worker.
+    self._ops = None
+
+  def random_map(self, example, rng: np.random.Generator):
+    if self._ops is None:
+      self._ops = transforms.parse(self.spec)
+    return {**example, "image": transforms.apply(self._ops, example["image"], rng)}
+
+
+def _ensure_flags_parsed() -> None:
+  """grain reads absl flags when it starts workers, and in them; outside an absl app (a notebook,
+  pytest, a worker process) nothing has parsed them, so take the defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(["ecgjax"], known_only=True)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  del worker_index, worker_count
+  _ensure_flags_parsed()
+
+
+def train_dataset(source: Source, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
+                  seed: int, augment: bool = True, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+  """An endless stream of training batches for this process: shuffled anew each epoch."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  ds = grain.MapDataset.source(source)
+  ds = ds.seed(seed).shuffle().repeat(None)  # Shuffle before repeat: epochs do not mix.
+  ds = ds[process_index::process_count]
+  ds = ds.map(Preprocess(data_config))
+  if augment and data_config.augment:
+    ds = ds.random_map(Augment(data_config.augment))
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_config.read_threads),
+                                                 prefetch_buffer_size=int(data_config.prefetch)))
+  if data_config.worker_count:
+    _ensure_flags_parsed()
+    iter_ds = iter_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=int(data_config.worker_count)),
+        worker_init_fn=_worker_init)
+  return iter_ds
+
+
+def eval_batches(source: Source, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of `source` exactly once, in order, in padded batches with a `mask`.
+
+  Each process takes a strided slice; all processes yield the same number of batches (padding where
+  needed), as the jitted step over the global batch requires.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  per_process = -(-len(source) // process_count)
+  num_batches = -(-per_process // local_batch_size)
+  ds = grain.MapDataset.source(source)[process_index::process_count].map(Preprocess(data_config))
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_config.read_threads),
+                                                 prefetch_buffer_size=int(data_config.prefetch)))
+  examples = iter(iter_ds)
+  h, w = data_config.image_size
+  channels = 1 if data_config.grayscale else 3
+  for _ in range(num_batches):
+    images = np.zeros((local_batch_size, h, w, channels), np.uint8)
+    labels = np.zeros((local_batch_size,), np.int32)
+    mask = np.zeros((local_batch_size,), bool)
+    for i in range(local_batch_size):
+      example = next(examples, None)
+      if example is None:
+        break
+      images[i], labels[i], mask[i] = example["image"], example["label"], True
+    yield {"image": images, "label": labels, "mask": mask}
+
+
+def normalize(images: jax.Array, value_range: Sequence[float] = (-1.0, 1.0),
+              dtype: Any = jnp.float32) -> jax.Array:
+  """uint8 [0, 255] images to `value_range`; runs inside jit."""
+  lo, hi = value_range
+  return (images.astype(dtype) * ((hi - lo) / 255.0) + lo).astype(dtype)
+
+
+def load_page(path: str | os.PathLike, data_config: ml_collections.ConfigDict,
+              crop: bool = True) -> tuple[np.ndarray, str]:
+  """A page from disk, as the model sees it: (H, W, C) uint8 at `data_config.image_size`.
+
+  Any size, JPEG or PNG, RGB, gray or RGBA. With `crop`, the ECG grid panel is found from the pixels
+  and cropped, as the data sets store it (a whole photographed or scanned page works); an image in
+  which no panel stands out (already a panel crop) is used whole. Returns the image and a note on
+  what was done. A file that is not an image raises ValueError naming it.
+  """
+  path = os.fspath(path)
+  try:
+    with Image.open(path) as pil:
+      rgb = np.asarray(pil.convert("RGB"))
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # PIL raises many types for bad data.
+    raise ValueError(f"{path}: not a readable image ({e}).") from e
+  note = "whole image"
+  if crop:
+    from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
+    try:
+      box = panel.find_panel(rgb, source=path)
+      rgb = rgb[box.top:box.bottom, box.left:box.right]
+      note = f"panel rows {box.top}-{box.bottom}, columns {box.left}-{box.right}"
+    except ValueError:
+      note = "no panel found: whole image used"
+  return Preprocess(data_config).process(rgb), note

@@ -1,0 +1,528 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` and its pure, jitted steps.
+
+`train_step(state, batch) -> (state, metrics)` and `eval_step` are pure functions, jitted over a 1-D
+device mesh with the batch sharded on `data` and everything else replicated: the same code runs on
+one CPU or a pod. Randomness comes in as keys folded with the step number, so a run resumed from a
+checkpoint (which includes the grain iterator state) ends with the same parameters as one never
+interrupted.
+
+Evaluation-mode statistics are made trustworthy in two ways, both configurable: the evaluated
+parameters are an exponential moving average of the trained ones (`train.ema_decay`), and before every
+evaluation the BatchNorm statistics are recomputed for exactly those parameters as plain averages over
+`train.bn_recompute_batches` training batches, instead of trusting moving averages that lag behind.
+"""
+
+# No `from __future__ import annotations`: clu metric collections read their annotations.
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from clu import metrics
+from clu import periodic_actions
+
+from ecgjax import checkpoints
+from ecgjax import mesh as mesh_lib
+from ecgjax import models
+from ecgjax import report as report_lib
+from ecgjax.classes import CLASS_NAMES, NUM_CLASSES
+from ecgjax.data import pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any  # Moving averages updated by training (an empty dict for models without BN).
+  opt_state: Any
+  ema_params: Any  # What evaluation uses (equal to `params` when train.ema_decay is 0).
+  eval_batch_stats: Any  # BatchNorm statistics recomputed for `ema_params` at the last evaluation.
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Accuracy
+  grad_norm: metrics.Average.from_output("grad_norm")
+  param_norm: metrics.LastValue.from_output("param_norm")
+  learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Accuracy
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and loss.
+# ---------------------------------------------------------------------------------------------
+
+
+def _decay_mask(params):
+  """Weight decay on kernels only: not on biases or normalisation scales (1-D leaves)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict, total_steps: int,
+                     steps_per_epoch: int, frozen_prefix: str | None = None
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Warm-up + cosine schedule, the configured optimizer, clipping; parameters whose top-level name
+  starts with `frozen_prefix` get no updates at all (not even weight decay)."""
+  warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
+  warmup = min(warmup, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+  name = train_config.optimizer
+  if name == "adamw":
+    opt = optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=_decay_mask)
+  elif name == "sgd":
+    opt = optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=_decay_mask),
+                      optax.sgd(schedule, momentum=0.9, nesterov=True))
+  elif name == "lamb":
+    opt = optax.lamb(schedule, weight_decay=train_config.weight_decay, mask=_decay_mask)
+  else:
+    raise ValueError(f"config.train.optimizer={name!r}; use 'adamw', 'sgd' or 'lamb'.")
+  if train_config.grad_clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), opt)
+  if frozen_prefix:
+    def labels(params):
+      return {k: jax.tree_util.tree_map(lambda _, f=k.startswith(frozen_prefix):
+                                        "frozen" if f else "trained", v)
+              for k, v in params.items()}
+    opt = optax.multi_transform({"trained": opt, "frozen": optax.set_to_zero()}, labels)
+  return opt, schedule
+
+
+def class_weights_for(train_config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
+  """Per-class loss weights: 'balanced' = n / (classes * n_c), as scikit-learn defines it."""
+  mode = train_config.class_weights
+  if mode in ("none", "", None):
+    return np.ones(NUM_CLASSES, np.float32)
+  if mode != "balanced":
+    raise ValueError(f"config.train.class_weights={mode!r}; use 'balanced' or 'none'.")
+  counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+  weights = np.where(counts > 0, len(labels) / (NUM_CLASSES * np.maximum(counts, 1)), 0.0)
+  return weights.astype(np.float32)
+
+
+def per_example_loss(logits, labels, label_smoothing: float = 0.0):
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps (pure; jitted in `train_and_evaluate`).
+# ---------------------------------------------------------------------------------------------
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               class_weights: jax.Array, dropout_key: jax.Array, label_smoothing: float,
+               ema_decay: float, value_range: tuple[float, float]) -> tuple[TrainState, TrainMetrics]:
+  images = pipeline.normalize(batch["image"], value_range)
+  labels = batch["label"]
+  rng = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": rng})
+    weights = class_weights[labels]
+    loss = jnp.mean(weights * per_example_loss(logits, labels, label_smoothing))
+    return loss, (logits, updates.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # The EMA warms up like TF's ExponentialMovingAverage(num_updates): early steps average less.
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - decay)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
+  step_metrics = TrainMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=labels, grad_norm=optax.global_norm(grads),
+      param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+  return new_state, step_metrics
+
+
+def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: nn.Module,
+              value_range: tuple[float, float]) -> tuple[jax.Array, EvalMetrics]:
+  images = pipeline.normalize(batch["image"], value_range)
+  logits = model.apply(variables, images, train=False)
+  loss = per_example_loss(logits, batch["label"])
+  step_metrics = EvalMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
+  return logits, step_metrics
+
+
+def batch_stats_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
+                     model: nn.Module, value_range: tuple[float, float]) -> Any:
+  """The BatchNorm statistics of one batch alone: `model` must be built with bn_momentum=0."""
+  images = pipeline.normalize(batch["image"], value_range)
+  _, updates = model.apply(_variables(params, batch_stats), images, train=True,
+                           mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+  return updates["batch_stats"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def _init_state(config, model, tx, image_shape) -> TrainState:
+  key = jax.random.key(config.seed)
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = model.init({"params": key, "dropout": key}, dummy, train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params, eval_batch_stats=batch_stats)
+
+
+def _init_from(state: TrainState, workdir: str) -> TrainState:
+  """Copies every parameter (and BN statistic) of another run whose path and shape match."""
+  loaded = checkpoints.load_model(workdir, "best")
+  source = flax.traverse_util.flatten_dict(loaded.variables, sep="/")
+  copied, skipped = 0, []
+
+  def take(collection, tree):
+    nonlocal copied
+    flat = flax.traverse_util.flatten_dict(tree, sep="/")
+    for k, v in flat.items():
+      src = source.get(f"{collection}/{k}")
+      if src is not None and src.shape == v.shape:
+        flat[k] = jnp.asarray(src, v.dtype)
+        copied += 1
+      else:
+        skipped.append(f"{collection}/{k}")
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+  params = take("params", state.params)
+  batch_stats = take("batch_stats", state.batch_stats) if state.batch_stats else state.batch_stats
+  if not copied:
+    raise ValueError(f"config.init_from={workdir!r}: no parameter matches this model by name and "
+                     "shape; is it the same architecture?")
+  logging.info("init_from %s (step %d): copied %d arrays; kept fresh: %s", workdir, loaded.step,
+               copied, skipped or "none")
+  return state.replace(params=params, batch_stats=batch_stats, ema_params=params,
+                       eval_batch_stats=batch_stats)
+
+
+class Trainer:
+  """Holds what one run builds once: data sources, mesh, model, jitted steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.mesh = mesh_lib.make_mesh()
+    self.replicated = mesh_lib.replicated(self.mesh)
+    self.local_batch = mesh_lib.local_batch_size(config.train.batch_size, self.mesh)
+    self.local_eval_batch = mesh_lib.local_batch_size(config.eval.batch_size, self.mesh,
+                                                      "config.eval.batch_size")
+    self.builder = pipeline.prepare(config.dataset)
+    splits = pipeline.fold_splits(config.data)
+    self.sources = {name: pipeline.Source(self.builder, s)
+                    for name, s in (("train", splits.train), ("val", splits.val),
+                                    ("test", splits.test)) if s}
+    self.train_labels = self.sources["train"].labels()
+    self.steps_per_epoch = len(self.sources["train"]) // config.train.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"The training folds hold {len(self.sources['train'])} examples, fewer than "
+                       f"one batch (config.train.batch_size={config.train.batch_size}).")
+    self.total_steps = self.steps_per_epoch * int(config.train.num_epochs)
+    self.backbones, model_overrides, frozen = self._fusion_backbones()
+    self.model = models.create_model(config.model, **model_overrides)
+    self.tx, self.schedule = create_optimizer(config.train, self.total_steps, self.steps_per_epoch,
+                                              frozen_prefix="backbone_" if frozen else None)
+    self.value_range = tuple(config.data.value_range)
+    channels = 1 if config.data.grayscale else 3
+    self.image_shape = (*config.data.image_size, channels)
+    self.class_weights = class_weights_for(config.train, self.train_labels)
+
+    self.state_sharding = jax.tree_util.tree_map(
+        lambda _: self.replicated,
+        jax.eval_shape(lambda: _init_state(config, self.model, self.tx, self.image_shape)))
+    batch_sharding = mesh_lib.batch_sharded(self.mesh)
+    self.train_step = jax.jit(
+        functools.partial(
+            train_step, model=self.model, tx=self.tx, schedule=self.schedule,
+            class_weights=jnp.asarray(self.class_weights),
+            dropout_key=jax.random.fold_in(jax.random.key(config.seed), 1),
+            label_smoothing=float(config.train.label_smoothing),
+            ema_decay=float(config.train.ema_decay), value_range=self.value_range),
+        in_shardings=(self.state_sharding, batch_sharding),
+        out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, model=self.model, value_range=self.value_range),
+        in_shardings=(self.replicated, batch_sharding),
+        out_shardings=(batch_sharding, self.replicated))
+    self.stats_model = (self.model.clone(bn_momentum=0.0)
+                        if "bn_momentum" in {f.name for f in _fields(self.model)} else None)
+    if self.stats_model is not None:
+      self.batch_stats_step = jax.jit(
+          functools.partial(batch_stats_step, model=self.stats_model,
+                            value_range=self.value_range),
+          in_shardings=(self.replicated, self.replicated, batch_sharding),
+          out_shardings=self.replicated)
+
+  def _fusion_backbones(self):
+    """For `fusion`: the trained backbones, their architectures, and whether they are frozen."""
+    config = self.config
+    if config.model.name != "fusion":
+      return {}, {}, False
+    loaded = checkpoints.load_backbones(config.fusion.workdirs)
+    frozen = bool(config.model.freeze_backbones)
+    missing = [k for k in config.model.backbones if k not in loaded]
+    if frozen and missing:
+      raise ValueError(
+          f"config.model.freeze_backbones is True but no trained run is given for backbone(s) "
+          f"{missing}: set --config.fusion.workdirs.{missing[0]}=RUN_DIR (or unfreeze them).")
+    for key, backbone in loaded.items():
+      for field in ("value_range", "grayscale", "image_size"):
+        if tuple(np.atleast_1d(backbone.config.data[field])) != tuple(
+            np.atleast_1d(config.data[field])):
+          raise ValueError(
+              f"Backbone {key!r} ({config.fusion.workdirs[key]}) was trained with "
+              f"data.{field}={backbone.config.data[field]!r} but this run has "
+              f"{config.data[field]!r}; set --config.data.{field} to match.")
+    specs = {k: (loaded[k].config.model.to_dict() if k in loaded else v.to_dict())
+             for k, v in config.model.backbones.items()}
+    return loaded, {"backbones": specs}, frozen
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def initial_state(self) -> TrainState:
+    init = jax.jit(lambda: _init_state(self.config, self.model, self.tx, self.image_shape),
+                   out_shardings=self.state_sharding)
+    state = init()
+    if self.config.init_from:
+      state = jax.device_put(_init_from(state, self.config.init_from), self.state_sharding)
+    if self.backbones:
+      params, batch_stats = dict(state.params), dict(state.batch_stats)
+      for key, backbone in self.backbones.items():
+        params[f"backbone_{key}"] = backbone.variables["params"]
+        if "batch_stats" in backbone.variables:
+          batch_stats[f"backbone_{key}"] = backbone.variables["batch_stats"]
+      state = state.replace(params=params, batch_stats=batch_stats, ema_params=params,
+                            eval_batch_stats=batch_stats, opt_state=self.tx.init(params))
+      state = jax.device_put(state, self.state_sharding)
+    return state
+
+  def abstract_state(self) -> TrainState:
+    shapes = jax.eval_shape(lambda: _init_state(self.config, self.model, self.tx, self.image_shape))
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+        self.state_sharding)
+
+  def train_iterator(self):
+    ds = pipeline.train_dataset(self.sources["train"], self.config.data,
+                                local_batch_size=self.local_batch, seed=self.config.seed)
+    return iter(ds)
+
+  # -- evaluation ----------------------------------------------------------------------------
+
+  def recompute_batch_stats(self, state: TrainState) -> TrainState:
+    """Exact BatchNorm statistics of the EMA parameters over a fixed set of training batches."""
+    n = int(self.config.train.bn_recompute_batches)
+    if self.stats_model is None or not state.batch_stats or n <= 0:
+      return state.replace(eval_batch_stats=state.batch_stats)
+    # A fixed, unaugmented stream (its own seed), so every recomputation sees the same pages.
+    ds = pipeline.train_dataset(self.sources["train"], self.config.data,
+                                local_batch_size=self.local_batch, seed=self.config.seed + 7919,
+                                augment=False)
+    it = iter(ds)
+    total = None
+    for _ in range(n):
+      batch = mesh_lib.to_global(next(it), self.mesh)
+      stats = self.batch_stats_step(state.ema_params, state.batch_stats, batch)
+      total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+    _close(it)
+    averaged = jax.tree_util.tree_map(lambda t: t / n, total)
+    return state.replace(eval_batch_stats=averaged)
+
+  def evaluate(self, variables: dict[str, Any], split: str) -> tuple[dict[str, Any], EvalMetrics]:
+    source = self.sources[split]
+    logits_all, labels_all, masks_all, collected = [], [], [], None
+    for batch in pipeline.eval_batches(source, self.config.data,
+                                       local_batch_size=self.local_eval_batch):
+      global_batch = mesh_lib.to_global(batch, self.mesh)
+      logits, step_metrics = self.eval_step(variables, global_batch)
+      collected = step_metrics if collected is None else collected.merge(step_metrics)
+      logits_all.append(_gather(logits))
+      labels_all.append(_gather(global_batch["label"]))
+      masks_all.append(_gather(global_batch["mask"]))
+    mask = np.concatenate(masks_all)
+    logits = np.concatenate(logits_all)[mask]
+    labels = np.concatenate(labels_all)[mask]
+    return report_lib.classification_report(labels, logits), collected
+
+  # -- the loop ------------------------------------------------------------------------------
+
+  def train(self) -> int:
+    """Trains to `total_steps`, resuming from the latest checkpoint; returns the last step."""
+    config = self.config
+    checkpoints.write_config(config, self.workdir)
+    writer = metric_writers.create_default_writer(self.workdir,
+                                                  just_logging=jax.process_index() > 0)
+    manager = checkpoints.make_manager(self.workdir, keep=int(config.train.keep_checkpoints))
+    train_it = self.train_iterator()
+    latest = manager.latest_step()
+    if latest is not None:
+      logging.info("Resuming from the checkpoint at step %d in %s.", latest, manager.directory)
+      state = checkpoints.restore(manager, latest, self.abstract_state(), train_it)
+    else:
+      state = self.initial_state()
+      writer.write_hparams(_flat_hparams(config))
+    step = int(jax.device_get(state.step))
+    logging.info("Training %s for %d steps (%d per epoch, global batch %d over %d devices); "
+                 "now at step %d.", config.model.name, self.total_steps, self.steps_per_epoch,
+                 config.train.batch_size, self.mesh.devices.size, step)
+    hooks = []
+    if jax.process_index() == 0:
+      hooks.append(periodic_actions.ReportProgress(num_train_steps=self.total_steps, writer=writer,
+                                                   every_steps=config.train.log_every_steps))
+    train_metrics = None
+    every = int(config.train.checkpoint_every_steps)
+    while step < self.total_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = mesh_lib.to_global(next(train_it), self.mesh)
+        state, step_metrics = self.train_step(state, batch)
+      step += 1
+      # Checked every step, before anything is saved: a broken state never reaches a checkpoint.
+      loss = float(step_metrics.loss.compute())
+      param_norm = float(step_metrics.param_norm.compute())
+      if not (np.isfinite(loss) and np.isfinite(param_norm)):
+        last = manager.latest_step()
+        _close(train_it)
+        manager.close()
+        raise NonFiniteLossError(
+            f"Non-finite training loss ({loss}) or parameters (norm {param_norm}) at step {step}. "
+            f"The last good checkpoint "
+            f"(step {last}) in {manager.directory} is intact. Lower config.train.learning_rate, "
+            "enable config.train.grad_clip_norm, or check the data; the run resumes from that "
+            "checkpoint when started again.")
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      for hook in hooks:
+        hook(step)
+      if step % config.train.log_every_steps == 0 or step == self.total_steps:
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in train_metrics.compute().items()})
+        train_metrics = None
+      epoch_end = step % self.steps_per_epoch == 0
+      epoch = step // self.steps_per_epoch
+      if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == self.total_steps):
+        state = self.recompute_batch_stats(state)
+        val_metrics = None
+        if "val" in self.sources:
+          rep, collected = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "val")
+          val_metrics = {checkpoints.BEST_METRIC: rep["macro_f1"]}
+          scalars = {"val/macro_f1": rep["macro_f1"], "val/accuracy": rep["accuracy"],
+                     "val/balanced_accuracy": rep["balanced_accuracy"],
+                     "val/loss": float(collected.loss.compute())}
+          writer.write_scalars(step, scalars)
+          logging.info("epoch %d step %d: %s", epoch, step,
+                       ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+        checkpoints.save(manager, step, state, train_it, val_metrics)
+      elif epoch_end or (every and step % every == 0):
+        checkpoints.save(manager, step, state, train_it)
+      if config.train.stop_at_step is not None and step >= config.train.stop_at_step:
+        logging.warning("Stopping at step %d (config.train.stop_at_step), as if killed.", step)
+        _close(train_it)
+        manager.close()
+        return step
+    writer.flush()
+    _close(train_it)
+    manager.close()
+    return step
+
+  def test_report(self) -> tuple[dict[str, Any], int]:
+    """Evaluates the chosen checkpoint (`config.eval.checkpoint`) on the test fold."""
+    manager = checkpoints.make_manager(self.workdir, keep=int(self.config.train.keep_checkpoints))
+    step = checkpoints.select_step(manager, self.config.eval.checkpoint)
+    state = checkpoints.restore(manager, step, self.abstract_state())
+    manager.close()
+    rep, _ = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "test")
+    rep.update({"checkpoint_step": int(step), "checkpoint": str(self.config.eval.checkpoint),
+                "split": ",".join(self.sources["test"].splits),
+                "dataset": self.builder.info.full_name, "model": self.config.model.name})
+    return rep, step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """Trains (or resumes), evaluates the test fold, writes saliency maps; returns the test report.
+
+  Returns None when the run stopped early at `config.train.stop_at_step`.
+  """
+  workdir = os.path.abspath(workdir)
+  trainer = Trainer(config, workdir)
+  start = time.time()
+  last = trainer.train()
+  if last < trainer.total_steps:
+    return None
+  logging.info("Training done in %.0f s.", time.time() - start)
+  rep, step = trainer.test_report()
+  outputs = {}
+  if jax.process_index() == 0:
+    outputs = report_lib.write(rep, os.path.join(workdir, "eval"),
+                               title=f"{config.model.name} on {rep['dataset']} {rep['split']}: "
+                                     f"macro-F1 {rep['macro_f1']:.3f}")
+    logging.info("Test (%s, checkpoint %s at step %d): accuracy %.4f, balanced accuracy %.4f, "
+                 "macro-F1 %.4f. Report: %s", rep["split"], config.eval.checkpoint, step,
+                 rep["accuracy"], rep["balanced_accuracy"], rep["macro_f1"], outputs["report"])
+    if config.saliency.num_pages:
+      from ecgjax import saliency  # pylint: disable=g-import-not-at-top
+      outputs["saliency"] = saliency.write_test_maps(workdir, trainer.sources["test"], config)
+    rep["outputs"] = outputs
+  return rep
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _fields(module: nn.Module):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.fields(module)
+
+
+def _as_dict(state: TrainState) -> dict[str, Any]:
+  return {"params": state.params, "ema_params": state.ema_params,
+          "eval_batch_stats": state.eval_batch_stats}
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _close(iterator) -> None:
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}

@@ -1,0 +1,60 @@
+"""The command line: config files, overrides, and the unknown-field error."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run_main(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "ecgjax.main", *args], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_field_override_fails_naming_the_field(tmp_path):
+  out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
+                  "--config.model.alhpa=0.5")
+  assert out.returncode != 0
+  assert "alhpa" in out.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "config.json"))  # Nothing ran.
+
+
+def test_bad_value_fails_before_any_work(tmp_path):
+  # A valid field with an unusable value is reported by name before data or models are built.
+  out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
+                  "--config.train.batch_size=0")
+  assert out.returncode != 0
+  assert "config.train.batch_size=0" in out.stderr
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_documents_its_command_and_has_a_smoke_variant(path):
+  module = _load(path)
+  doc = module.__doc__.strip().splitlines()
+  command = next(line.strip() for line in doc if "python -m ecgjax" in line)
+  assert f"configs/{os.path.basename(path)}" in command
+  assert "--workdir=" in command
+  config = module.get_config()
+  smoke = module.get_config("smoke")
+  assert config.model.name and smoke.model.name == config.model.name
+  # The smoke variant is smaller: fewer pixels, no more epochs.
+  assert (smoke.data.image_size[0] * smoke.data.image_size[1]
+          < config.data.image_size[0] * config.data.image_size[1])
+  assert smoke.train.num_epochs <= config.train.num_epochs
+  with pytest.raises(ValueError):
+    module.get_config("no-such-variant")

@@ -1,0 +1,112 @@
+"""The grain pipeline over a built data set: folds, batches, determinism, resumable state."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecgjax.data import pipeline
+
+
+def _source(config, splits):
+  return pipeline.Source(pipeline.dataset_builder(config.dataset), splits)
+
+
+def test_fold_splits_partition_the_folds(smoke_config):
+  smoke_config.data.test_fold, smoke_config.data.val_fold = 3, 0
+  s = pipeline.fold_splits(smoke_config.data)
+  assert s.test == ("fold3",) and s.val == ("fold0",)
+  assert s.train == ("fold1", "fold2", "fold4")
+  smoke_config.data.val_fold = 3
+  with pytest.raises(ValueError, match="val_fold=3"):
+    pipeline.fold_splits(smoke_config.data)
+  smoke_config.data.test_fold = 5
+  with pytest.raises(ValueError, match="test_fold=5"):
+    pipeline.fold_splits(smoke_config.data)
+
+
+def test_eval_batches_cover_every_example_once(smoke_config):
+  source = _source(smoke_config, ("fold0", "fold1"))
+  batches = list(pipeline.eval_batches(source, smoke_config.data, local_batch_size=3))
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])[mask]
+  assert mask.sum() == len(source)
+  np.testing.assert_array_equal(labels, source.labels())
+  h, w = smoke_config.data.image_size
+  assert all(b["image"].shape == (3, h, w, 3) and b["image"].dtype == np.uint8 for b in batches)
+
+
+def test_eval_batches_split_over_processes(smoke_config):
+  source = _source(smoke_config, ("fold0",))
+  seen = []
+  counts = set()
+  for p in range(3):
+    batches = list(pipeline.eval_batches(source, smoke_config.data, local_batch_size=2,
+                                         process_index=p, process_count=3))
+    counts.add(len(batches))
+    seen.append(np.concatenate([b["label"][b["mask"]] for b in batches]))
+  assert len(counts) == 1  # Every process runs the same number of steps.
+  assert sum(len(s) for s in seen) == len(source)
+
+
+def test_train_stream_is_seeded_reshuffled_and_resumable(smoke_config):
+  source = _source(smoke_config, ("fold1", "fold2", "fold3"))
+  n = len(source)
+
+  def stream(seed):
+    return iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=n,
+                                       seed=seed, augment=False))
+
+  a, b, c = stream(0), stream(0), stream(1)
+  epoch1, epoch2 = next(a), next(a)
+  np.testing.assert_array_equal(epoch1["image"], next(b)["image"])
+  assert not np.array_equal(epoch1["image"], next(c)["image"])
+  # Each epoch holds every example once, in a new order.
+  assert sorted(epoch1["label"]) == sorted(epoch2["label"]) == sorted(source.labels())
+  assert not np.array_equal(epoch1["image"], epoch2["image"])
+  # The iterator state restores the exact continuation.
+  small = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=4, seed=0))
+  next(small)
+  state = small.get_state()
+  expected = next(small)
+  fresh = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=4, seed=0))
+  fresh.set_state(state)
+  np.testing.assert_array_equal(next(fresh)["image"], expected["image"])
+
+
+def test_worker_processes_give_the_same_batches(smoke_config):
+  source = _source(smoke_config, ("fold1",))
+  inline = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=2, seed=3))
+  smoke_config.data.worker_count = 2
+  workers = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=2, seed=3))
+  for _ in range(3):
+    np.testing.assert_array_equal(next(inline)["image"], next(workers)["image"])
+  workers.close()
+
+
+def test_preprocess_keeps_aspect_with_white_padding(smoke_config):
+  page = np.zeros((100, 400, 3), np.uint8)  # Black, 4:1, into a 48x80 input.
+  buf = io.BytesIO()
+  Image.fromarray(page).save(buf, format="PNG")
+  out = pipeline.Preprocess(smoke_config.data).map(
+      {"image": buf.getvalue(), "label": 2, "source_path": "x.png"})
+  assert out["image"].shape == (48, 80, 3) and out["label"] == 2
+  rows_dark = (out["image"].mean(axis=(1, 2)) < 128).sum()
+  assert rows_dark == 20  # 80 px wide -> 20 rows of page, the rest white paper.
+  smoke_config.data.grayscale = True
+  gray = pipeline.Preprocess(smoke_config.data).map(
+      {"image": buf.getvalue(), "label": 0, "source_path": "x.png"})
+  assert gray["image"].shape == (48, 80, 1)
+
+
+def test_undecodable_image_names_its_source(smoke_config):
+  with pytest.raises(ValueError, match="broken.jpg"):
+    pipeline.Preprocess(smoke_config.data).map(
+        {"image": b"not an image", "label": 0, "source_path": "pages/broken.jpg"})
+
+
+def test_normalize_maps_uint8_to_value_range():
+  x = np.array([0, 255, 51], np.uint8)
+  np.testing.assert_allclose(pipeline.normalize(x, (-1.0, 1.0)), [-1.0, 1.0, -0.6], atol=1e-6)
+  np.testing.assert_allclose(pipeline.normalize(x, (0.0, 1.0)), [0.0, 1.0, 0.2], atol=1e-6)

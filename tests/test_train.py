@@ -1,0 +1,197 @@
+"""End-to-end training on the smoke config: outputs, resumption, sharding, failure modes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from ecgjax import checkpoints
+from ecgjax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, which="latest"):
+  loaded = checkpoints.load_model(workdir, which)
+  return loaded.step, jax.tree_util.tree_leaves(loaded.variables)
+
+
+def test_train_and_evaluate_end_to_end(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  report = train.train_and_evaluate(smoke_config, workdir)
+  # The report on disk is the one returned, with every field the issue names.
+  with open(os.path.join(workdir, "eval", "report.json")) as f:
+    on_disk = json.load(f)
+  for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix",
+              "macro_roc_auc"):
+    assert key in on_disk
+  assert on_disk["macro_f1"] == pytest.approx(report["macro_f1"])
+  assert os.path.getsize(os.path.join(workdir, "eval", "confusion_matrix.png")) > 1000
+  cm = np.asarray(on_disk["confusion_matrix"])
+  assert cm.sum() == on_disk["num_examples"] > 0
+  for name, row in zip(on_disk["class_names"], cm):
+    assert on_disk["per_class"][name]["support"] == row.sum()
+  # TensorBoard events, config, checkpoints and saliency maps are in the workdir.
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  steps = sorted(int(s) for s in os.listdir(checkpoints.checkpoint_dir(workdir)) if s.isdigit())
+  assert steps and steps[-1] == report["checkpoint_step"] or report["checkpoint"] == "best"
+  assert report["outputs"]["saliency"]
+  # Started again on a finished workdir, nothing retrains and the report is the same.
+  again = train.train_and_evaluate(smoke_config, workdir)
+  assert again["macro_f1"] == report["macro_f1"]
+  assert again["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_interrupted_run_resumes_to_identical_parameters(smoke_config, tmp_path):
+  smoke_config.train.num_epochs = 2
+  smoke_config.train.checkpoint_every_steps = 3
+  smoke_config.saliency.num_pages = 0
+  straight = str(tmp_path / "straight")
+  train.Trainer(smoke_config, straight).train()
+
+  interrupted = str(tmp_path / "interrupted")
+  trainer = train.Trainer(smoke_config, interrupted)
+  assert trainer.total_steps >= 5
+  # Killed two steps after a checkpoint: those steps are lost and must be replayed identically.
+  smoke_config.train.stop_at_step = 5
+  assert train.Trainer(smoke_config, interrupted).train() == 5
+  saved = checkpoints.make_manager(interrupted).all_steps()
+  assert max(saved) == 3, saved
+  smoke_config.train.stop_at_step = None
+  assert train.Trainer(smoke_config, interrupted).train() == trainer.total_steps
+
+  step_a, leaves_a = _params(straight)
+  step_b, leaves_b = _params(interrupted)
+  assert step_a == step_b == trainer.total_steps
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(smoke_config, tmp_path):
+  smoke_config.train.num_epochs = 1
+  smoke_config.saliency.num_pages = 0
+  runs = {}
+  for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    smoke_config.seed = seed
+    train.Trainer(smoke_config, str(tmp_path / name)).train()
+    runs[name] = _params(str(tmp_path / name))[1]
+  for a, b in zip(runs["a"], runs["b"]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(c)) for a, c in zip(runs["a"], runs["c"]))
+
+
+_LOSS_SCRIPT = textwrap.dedent("""
+    import sys, json
+    import jax
+    from configs import default
+    from ecgjax import train, mesh as mesh_lib
+    config = default.get_config("smoke")
+    config.dataset.data_dir = sys.argv[1]
+    config.train.batch_size = config.eval.batch_size = 8
+    config.model.dropout = 0.5  # Partitionable threefry: the same masks however the batch is split.
+    trainer = train.Trainer(config, sys.argv[2])
+    state = trainer.initial_state()
+    it = trainer.train_iterator()
+    losses = []
+    for _ in range(4):
+      state, m = trainer.train_step(state, mesh_lib.to_global(next(it), trainer.mesh))
+      losses.append(float(m.loss.compute()))
+    print(json.dumps({"devices": jax.device_count(), "losses": losses}))
+""")
+
+
+def _losses(data_dir, workdir, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", _LOSS_SCRIPT, data_dir, workdir], env=env,
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_reach_the_same_loss_as_one(tfds_data_dir, tmp_path):
+  one = _losses(tfds_data_dir, str(tmp_path / "one"), 1)
+  eight = _losses(tfds_data_dir, str(tmp_path / "eight"), 8)
+  assert one["devices"] == 1 and eight["devices"] == 8
+  assert one["losses"][0] != one["losses"][-1]  # Training moved.
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
+
+
+def test_batch_that_does_not_divide_over_devices_is_an_error(tfds_data_dir, tmp_path):
+  script = textwrap.dedent("""
+      import sys
+      from configs import default
+      from ecgjax import train
+      config = default.get_config("smoke")
+      config.dataset.data_dir = sys.argv[1]
+      config.train.batch_size = 6
+      train.Trainer(config, sys.argv[2])
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", script, tfds_data_dir, str(tmp_path)], env=env,
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert out.returncode != 0
+  assert "config.train.batch_size=6 does not divide over the 4 devices" in out.stderr
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  smoke_config.saliency.num_pages = 0
+  smoke_config.train.checkpoint_every_steps = 2
+  smoke_config.train.stop_at_step = 2
+  train.Trainer(smoke_config, workdir).train()
+  before = _params(workdir)
+  smoke_config.train.stop_at_step = None
+  smoke_config.train.learning_rate = 1e38  # Overflows the parameters within a step or two.
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+.*step 2\)"):
+    train.Trainer(smoke_config, workdir).train()
+  after = _params(workdir)
+  assert after[0] == before[0] == 2
+  for a, b in zip(before[1], after[1]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_class_weights_balanced():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config("smoke")
+  labels = np.array([0] * 6 + [1] * 2 + [2] * 2 + [3] * 2)
+  w = train.class_weights_for(config.train, labels)
+  # Every class then carries the same total weight.
+  totals = np.bincount(labels, weights=w[labels], minlength=4)
+  np.testing.assert_allclose(totals, totals[0])
+  config.train.class_weights = "none"
+  np.testing.assert_array_equal(train.class_weights_for(config.train, labels), np.ones(4))
+  config.train.class_weights = "inverse"
+  with pytest.raises(ValueError, match="class_weights='inverse'"):
+    train.class_weights_for(config.train, labels)
+
+
+def test_recomputed_batch_stats_are_plain_averages_of_batch_statistics(smoke_config, tmp_path):
+  smoke_config.train.bn_recompute_batches = 3
+  trainer = train.Trainer(smoke_config, str(tmp_path))
+  state = trainer.initial_state()
+  recomputed = trainer.recompute_batch_stats(state).eval_batch_stats
+  # Against a direct computation: the first layer's per-channel mean over the same batches.
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  it = iter(pipeline.train_dataset(trainer.sources["train"], smoke_config.data,
+                                   local_batch_size=trainer.local_batch,
+                                   seed=smoke_config.seed + 7919, augment=False))
+  means = []
+  for _ in range(3):
+    images = pipeline.normalize(next(it)["image"], trainer.value_range)
+    _, inter = trainer.model.apply({"params": state.ema_params, "batch_stats": state.batch_stats},
+                                   images, train=False, capture_intermediates=True,
+                                   mutable=["intermediates"])
+    conv = inter["intermediates"]["stage0_conv0"]["__call__"][0]
+    means.append(np.asarray(conv).mean(axis=(0, 1, 2)))
+  np.testing.assert_allclose(recomputed["stage0_bn0"]["mean"], np.mean(means, 0), rtol=1e-4,
+                             atol=1e-6)
+  # The moving averages (still at their initial zeros) are not what evaluation uses.
+  assert not np.allclose(recomputed["stage0_bn0"]["mean"], state.batch_stats["stage0_bn0"]["mean"])
