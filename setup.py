@@ -37,7 +37,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["ecgjax", "ecgjax.*"]),
+    packages=find_packages(include=["ecgjax", "ecgjax.*", "configs"]),
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "dill==0.4.1"]},

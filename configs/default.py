@@ -73,7 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.saliency = ml_collections.ConfigDict()
   config.saliency.num_pages = 4  # Test pages the main job writes maps for (0: none).
+  # 'gradient', 'smoothgrad', 'integrated_gradients' or 'grad_cam' (last convolution).
   config.saliency.method = "smoothgrad"
+  config.saliency.num_samples = 50  # SmoothGrad's noisy copies per page.
+  config.saliency.steps = 64  # Integrated Gradients' path intervals.
+  config.saliency.chunk_size = 16  # Forward-backward passes per jitted call: bounds the memory.
   return config
 
 
@@ -89,6 +93,8 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.train.bn_recompute_batches = 2
   config.eval.batch_size = 4
   config.saliency.num_pages = 2
+  config.saliency.num_samples = 8
+  config.saliency.steps = 8
   return config
 
 

@@ -98,7 +98,7 @@ def _tuples(tree):
   return tree
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # Hashable by identity, so `logit_fn` can be a static jit argument.
 class LoadedModel:
   """A trained model ready for inference: `logit_fn(images_in_value_range) -> (B, classes)`."""
   config: ml_collections.ConfigDict

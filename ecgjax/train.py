@@ -225,8 +225,8 @@ def _init_from(state: TrainState, workdir: str) -> TrainState:
                      "shape; is it the same architecture?")
   logging.info("init_from %s (step %d): copied %d arrays; kept fresh: %s", workdir, loaded.step,
                copied, skipped or "none")
-  return state.replace(params=params, batch_stats=batch_stats, ema_params=params,
-                       eval_batch_stats=batch_stats)
+  return state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),
+                       eval_batch_stats=_copy(batch_stats))
 
 
 class Trainer:
@@ -324,9 +324,10 @@ class Trainer:
         params[f"backbone_{key}"] = backbone.variables["params"]
         if "batch_stats" in backbone.variables:
           batch_stats[f"backbone_{key}"] = backbone.variables["batch_stats"]
-      state = state.replace(params=params, batch_stats=batch_stats, ema_params=params,
-                            eval_batch_stats=batch_stats, opt_state=self.tx.init(params))
-      state = jax.device_put(state, self.state_sharding)
+      state = jax.device_put(
+          state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),
+                        eval_batch_stats=_copy(batch_stats), opt_state=self.tx.init(params)),
+          self.state_sharding)
     return state
 
   def abstract_state(self) -> TrainState:
@@ -503,6 +504,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _fields(module: nn.Module):
   import dataclasses  # pylint: disable=g-import-not-at-top
   return dataclasses.fields(module)
+
+
+def _copy(tree):
+  """Distinct buffers: the train step donates its state, and one buffer cannot be donated twice."""
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
 
 def _as_dict(state: TrainState) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import ecg_images
 
-SAMPLE = pathlib.Path("/work/shared/data/ecg_images_sample")
+from sample_data import SAMPLE_DIR as SAMPLE
 RELEASE_FOLDERS = {
     "abnormal_heartbeat": "ECG Images of Patient that have abnormal heartbeat (233x12=2796)",
     "history_of_mi": "ECG Images of Patient that have History of MI (172x12=2064)",

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from ecgjax.data import panel
 
-SAMPLE = pathlib.Path("/work/shared/data/ecg_images_sample")
+from sample_data import SAMPLE_DIR as SAMPLE
 # The panel of every release page, from the sample's README (rows 287-1510, columns 71-2172).
 README_BOX = panel.Box(top=287, left=71, bottom=1511, right=2173)
 PINK = (248, 162, 171)

@@ -19,7 +19,7 @@ from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import layout as layout_lib
 from ecgjax.data import synth
 
-SAMPLE_DIR = pathlib.Path(os.environ.get("ECGJAX_SAMPLE_DIR", "/work/shared/data/ecg_images_sample"))
+from sample_data import SAMPLE_DIR
 STILL = synth.PageStyle(max_rotation_deg=0.0, max_offset_px=0.0)  # Pixel positions are exact.
 
 
@@ -239,8 +239,7 @@ def test_calibration_pulse_is_one_millivolt(still_page):
 @pytest.mark.parametrize("path_glob", ["Normal*/Normal(1).jpg", "*History*/PMI(1).jpg"])
 def test_layout_matches_real_pages(path_glob):
   paths = sorted(SAMPLE_DIR.glob(path_glob))
-  if not paths:
-    pytest.skip(f"Real sample not found under {SAMPLE_DIR} (set ECGJAX_SAMPLE_DIR).")
+  assert paths, f"No {path_glob} under {SAMPLE_DIR}"
   page = np.asarray(Image.open(paths[0]).convert("RGB"))
   layout = layout_lib.REAL_LAYOUT
   np.testing.assert_allclose(_panel_edges(page), layout.panel_box, atol=2)

@@ -195,3 +195,40 @@ def test_recomputed_batch_stats_are_plain_averages_of_batch_statistics(smoke_con
                              atol=1e-6)
   # The moving averages (still at their initial zeros) are not what evaluation uses.
   assert not np.allclose(recomputed["stage0_bn0"]["mean"], state.batch_stats["stage0_bn0"]["mean"])
+
+
+def test_fusion_restores_frozen_backbones_from_their_runs(tfds_data_dir, tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from configs import cnn, fusion, mobilenet_v2  # pylint: disable=g-import-not-at-top
+  runs = {}
+  for key, module in (("cnn", cnn), ("mobilenet_v2", mobilenet_v2)):
+    config = module.get_config("smoke")
+    config.dataset.data_dir = tfds_data_dir
+    config.train.num_epochs = 1
+    runs[key] = str(tmp_path / key)
+    train.Trainer(config, runs[key]).train()
+  config = fusion.get_config("smoke")
+  config.dataset.data_dir = tfds_data_dir
+  config.train.num_epochs = 1
+  config.saliency.num_pages = 0
+  config.model.backbones = ml_collections.ConfigDict(
+      {k: v for k, v in config.model.backbones.items() if k in runs})
+  config.fusion.workdirs = ml_collections.ConfigDict(runs)
+  report = train.train_and_evaluate(config, str(tmp_path / "fusion"))
+  assert report["model"] == "fusion" and report["num_examples"] > 0
+  fused = checkpoints.load_model(str(tmp_path / "fusion"), "latest")
+  for key, workdir in runs.items():
+    own = checkpoints.load_model(workdir, "best").variables
+    # Frozen: bit-identical to the backbone's own run, after a whole epoch of fusion training.
+    for collection in ("params", "batch_stats"):
+      for a, b in zip(jax.tree_util.tree_leaves(own[collection]),
+                      jax.tree_util.tree_leaves(fused.variables[collection][f"backbone_{key}"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The fusion head did train.
+  fresh = train.Trainer(config, str(tmp_path / "unused")).initial_state()
+  assert not np.allclose(fresh.params["fusion_hidden"]["kernel"],
+                         fused.variables["params"]["fusion_hidden"]["kernel"])
+  # A frozen backbone with no run to restore it from is an error naming the field.
+  config.fusion.workdirs.cnn = ""
+  with pytest.raises(ValueError, match="config.fusion.workdirs.cnn"):
+    train.Trainer(config, str(tmp_path / "bad"))

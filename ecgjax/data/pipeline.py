@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from ecgjax.data import features as features_lib
@@ -242,14 +243,13 @@ def normalize(images: jax.Array, value_range: Sequence[float] = (-1.0, 1.0),
   return (images.astype(dtype) * ((hi - lo) / 255.0) + lo).astype(dtype)
 
 
-def load_page(path: str | os.PathLike, data_config: ml_collections.ConfigDict,
-              crop: bool = True) -> tuple[np.ndarray, str]:
-  """A page from disk, as the model sees it: (H, W, C) uint8 at `data_config.image_size`.
+def read_page(path: str | os.PathLike, crop: bool = True) -> tuple[np.ndarray, str]:
+  """A page from disk as uint8 RGB, cropped to its ECG grid panel as the data sets store it.
 
-  Any size, JPEG or PNG, RGB, gray or RGBA. With `crop`, the ECG grid panel is found from the pixels
-  and cropped, as the data sets store it (a whole photographed or scanned page works); an image in
-  which no panel stands out (already a panel crop) is used whole. Returns the image and a note on
-  what was done. A file that is not an image raises ValueError naming it.
+  Any size, JPEG or PNG, RGB, gray or RGBA; a whole photographed or scanned page works. With `crop`,
+  the panel is found from the pixels; an image in which no panel stands out (already a panel crop) is
+  used whole, with a warning. Returns the image and a note on what was done. A file that is not an
+  image raises ValueError naming it.
   """
   path = os.fspath(path)
   try:
@@ -259,13 +259,20 @@ def load_page(path: str | os.PathLike, data_config: ml_collections.ConfigDict,
     raise
   except Exception as e:  # PIL raises many types for bad data.
     raise ValueError(f"{path}: not a readable image ({e}).") from e
-  note = "whole image"
-  if crop:
-    from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
-    try:
-      box = panel.find_panel(rgb, source=path)
-      rgb = rgb[box.top:box.bottom, box.left:box.right]
-      note = f"panel rows {box.top}-{box.bottom}, columns {box.left}-{box.right}"
-    except ValueError:
-      note = "no panel found: whole image used"
+  if not crop:
+    return rgb, "whole image (no crop asked)"
+  from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
+  try:
+    box = panel.find_panel(rgb, source=path)
+  except ValueError as e:
+    logging.warning("%s Using the whole image.", e)
+    return rgb, "no grid panel found: whole image used"
+  return (rgb[box.top:box.bottom, box.left:box.right],
+          f"panel rows {box.top}-{box.bottom}, columns {box.left}-{box.right}")
+
+
+def load_page(path: str | os.PathLike, data_config: ml_collections.ConfigDict,
+              crop: bool = True) -> tuple[np.ndarray, str]:
+  """`read_page`, then preprocessed like evaluation data: (H, W, C) uint8 at the model's size."""
+  rgb, note = read_page(path, crop)
   return Preprocess(data_config).process(rgb), note

@@ -1,0 +1,99 @@
+r"""Predict the class of new ECG pages with a trained run.
+
+  python -m ecgjax.predict --workdir=runs/default page1.jpg page2.png ...
+  python -m ecgjax.predict --workdir=runs/default --json pages/*.jpg > predictions.json
+
+Each page may be any size, JPEG or PNG, RGB, gray or RGBA: the grid panel is found and cropped as in
+the data sets, then resized like the run's evaluation data. Prints, per page, the predicted class and
+the probability of every class. A file that is not an image is reported (on stderr, and as an
+`error` entry with --json) and the other pages are still predicted; the exit status is 1 if any
+page failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from ecgjax.classes import CLASS_NAMES
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A trained run's directory.")
+flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+flags.DEFINE_bool("json", False, "Print one JSON document instead of a table.")
+flags.DEFINE_bool("crop", True, "Find and crop the grid panel (as the training data were).")
+flags.DEFINE_integer("batch_size", 8, "Pages per forward pass.")
+
+
+def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best",
+                  crop: bool = True, batch_size: int = 8) -> list[dict[str, Any]]:
+  """One result per path, in order: {'path', 'class', 'probabilities', 'note'} or {'path', 'error'}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ecgjax import report  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  loaded = checkpoints.load_model(workdir, checkpoint)
+  data_config = loaded.config.data
+  value_range = tuple(data_config.value_range)
+  logits_fn = jax.jit(lambda images: loaded.logit_fn(pipeline.normalize(images, value_range)))
+
+  results: list[dict[str, Any]] = [{"path": p} for p in paths]
+  ready = []
+  for result in results:
+    try:
+      image, note = pipeline.load_page(result["path"], data_config, crop=crop)
+    except (OSError, ValueError) as e:
+      result["error"] = str(e)
+      continue
+    result["note"] = note
+    ready.append((result, image))
+  for start in range(0, len(ready), batch_size):
+    chunk = ready[start:start + batch_size]
+    images = np.stack([image for _, image in chunk])
+    # Pad to a whole batch so every call reuses one compiled shape.
+    padded = np.concatenate([images, np.repeat(images[:1], batch_size - len(chunk), 0)])
+    probs = report.softmax(np.asarray(logits_fn(padded), np.float64))[:len(chunk)]
+    for (result, _), p in zip(chunk, probs):
+      result["class"] = CLASS_NAMES[int(p.argmax())]
+      result["probabilities"] = {name: float(v) for name, v in zip(CLASS_NAMES, p)}
+  return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+  width = max([len(r["path"]) for r in results] + [4])
+  header = f"{'page':<{width}}  {'prediction':<18}  " + "  ".join(f"{n:>18}" for n in CLASS_NAMES)
+  lines = [header, "-" * len(header)]
+  for r in results:
+    if "error" in r:
+      lines.append(f"{r['path']:<{width}}  ERROR: {r['error']}")
+    else:
+      probs = "  ".join(f"{r['probabilities'][n]:>18.3f}" for n in CLASS_NAMES)
+      lines.append(f"{r['path']:<{width}}  {r['class']:<18}  {probs}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  paths = argv[1:]
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  if not paths:
+    raise app.UsageError("Give one or more image files after the flags.")
+  results = predict_files(FLAGS.workdir, paths, checkpoint=FLAGS.checkpoint, crop=FLAGS.crop,
+                          batch_size=FLAGS.batch_size)
+  for r in results:
+    if "error" in r:
+      print(f"error: {r['error']}", file=sys.stderr)
+  print(json.dumps(results, indent=2) if FLAGS.json else format_table(results))
+  if any("error" in r for r in results):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
