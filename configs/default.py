@@ -4,7 +4,7 @@ r"""Default experiment: the custom CNN on the synthetic `ecg_synth/small` pages.
 
 Shrink for a CPU smoke run with `--config=configs/default.py:smoke`. Every other experiment config
 starts from `base_config()` here and changes what it needs; any field can be overridden on the
-command line, e.g. `--config.train.num_epochs=30 --config.data.image_size='(320,544)'`.
+command line, e.g. `--config.train.num_epochs=60 --config.data.image_size='(320,544)'`.
 """
 
 import ml_collections
@@ -47,9 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # Global batch; must divide by the number of devices.
-  config.train.num_epochs = 15
+  config.train.num_epochs = 40
   config.train.optimizer = "adamw"  # 'adamw', 'sgd' (Nesterov momentum 0.9) or 'lamb'.
-  config.train.learning_rate = 2e-3  # Peak, reached after warm-up, then cosine decay to 0.
+  config.train.learning_rate = 3e-3  # Peak, reached after warm-up, then cosine decay to 0.
   config.train.warmup_epochs = 1.0
   config.train.weight_decay = 1e-4  # Decoupled; not applied to biases and norm scales.
   config.train.grad_clip_norm = 1.0  # Global-norm clipping; 0 turns it off.
@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.99
   # Before each evaluation, BatchNorm statistics are recomputed for the evaluated parameters as exact
   # averages over this many training batches (no augmentation); 0 keeps the moving averages.
-  config.train.bn_recompute_batches = 8
+  config.train.bn_recompute_batches = 4
   config.train.log_every_steps = 10
   config.train.checkpoint_every_steps = 50  # Also one at the end of every epoch.
   config.train.keep_checkpoints = 2  # Latest ones kept, besides the best by validation macro-F1.

@@ -1,0 +1,118 @@
+"""The ready-made ablations: which arms each compares, as config files plus overrides.
+
+Run one with `python experiments/sweep.py --ablation=NAME ...` (see sweep.py). An arm may need
+another arm's trained run of the same seed and fold (the fused model needs its three backbones,
+fine-tuning needs the pre-trained run): `needs` maps a config field to that arm, and the sweep
+runs it first and passes its workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  name: str
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  config: str | None = None  # Config file; None: the ablation's.
+  needs: dict[str, str] = dataclasses.field(default_factory=dict)  # field -> arm name
+  per_fold: bool = True  # False: one run per seed whatever the test fold (e.g. pre-training).
+  smoke_overrides: dict[str, Any] | None = None  # Replaces `overrides` in --smoke runs.
+
+  def __hash__(self):
+    return hash(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  name: str
+  description: str
+  arms: Sequence[Arm]
+  config: str = "configs/cnn.py"
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  smoke_overrides: dict[str, Any] | None = None  # Replaces `overrides` in --smoke runs.
+  hidden: tuple[str, ...] = ()  # Arms run only because others need them: left out of the table.
+
+
+BACKBONES = (
+    Arm("cnn", config="configs/cnn.py"),
+    Arm("mobilenet_v2", config="configs/mobilenet_v2.py"),
+    Arm("vgg16", config="configs/vgg16.py"),
+)
+_FUSION_NEEDS = {f"fusion.workdirs.{a.name}": a.name for a in BACKBONES}
+# One input for all models of a comparison, so the backbones can be fused.
+_SHARED_INPUT = {"data.image_size": (256, 448)}
+
+AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
+
+ABLATIONS: dict[str, Ablation] = {
+    a.name: a for a in (
+        Ablation(
+            "models",
+            "The seed's comparison: custom CNN, MobileNetV2, VGG16 and the fused model (frozen "
+            "backbones, concatenated features into an MLP), on one input size.",
+            arms=(*BACKBONES,
+                  Arm("fusion", config="configs/fusion.py", needs=_FUSION_NEEDS)),
+            overrides=_SHARED_INPUT, smoke_overrides={}),
+        Ablation(
+            "fusion_method",
+            "How to fuse the three trained backbones: an MLP on concatenated penultimate "
+            "features, averaged probabilities, or learned weights over logits.",
+            arms=(*BACKBONES,
+                  *(Arm(f"fusion_{m}", config="configs/fusion.py", needs=_FUSION_NEEDS,
+                        overrides={"model.method": m})
+                    for m in ("concat_mlp", "mean_probs", "learned_logit_weights"))),
+            overrides=_SHARED_INPUT, smoke_overrides={},
+            hidden=tuple(a.name for a in BACKBONES)),
+        Ablation(
+            "resolution",
+            "Input resolution: the seed's 224x224 (page stretched), and the page's own aspect "
+            "ratio at 224 and 384 px high. At 224 px the 2 px trace of a ~2100 px panel fades to "
+            "grey.",
+            arms=(Arm("224x224_stretch", {"data.image_size": (224, 224),
+                                          "data.resize_mode": "stretch"},
+                      smoke_overrides={"data.image_size": (48, 48),
+                                       "data.resize_mode": "stretch"}),
+                  Arm("224x384", {"data.image_size": (224, 384)},
+                      smoke_overrides={"data.image_size": (48, 80)}),
+                  Arm("384x656", {"data.image_size": (384, 656)},
+                      smoke_overrides={"data.image_size": (64, 112)}))),
+        Ablation(
+            "augmentation",
+            "Training augmentation that respects an ECG (small rotation, scale, translation, "
+            "brightness, contrast; never a flip) against none.",
+            arms=(Arm("none", {"data.augment": ""}),
+                  Arm("augment", {"data.augment": AUGMENT}),
+                  Arm("augment_blur_jpeg", {"data.augment": AUGMENT + "|blur(1.0)|jpeg(50,95)"}))),
+        Ablation(
+            "pretraining",
+            "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "
+            "data with config.init_from, against training from scratch.",
+            arms=(Arm("pretrain_synth", {"dataset.name": "ecg_synth", "dataset.config": "large",
+                                         "data.val_fold": 1, "data.test_fold": 0},
+                      per_fold=False,
+                      smoke_overrides={"dataset.name": "ecg_synth", "dataset.config": "tiny"}),
+                  Arm("scratch"),
+                  Arm("finetune", needs={"init_from": "pretrain_synth"})),
+            hidden=("pretrain_synth",)),
+    )
+}
+
+
+def get(name: str) -> Ablation:
+  if name not in ABLATIONS:
+    raise ValueError(f"Unknown ablation {name!r}; available: {sorted(ABLATIONS)}.")
+  return ABLATIONS[name]
+
+
+def depth(arm: Arm, arms: Sequence[Arm]) -> int:
+  """0 for an arm that needs none, else 1 + the depth of what it needs."""
+  by_name = {a.name: a for a in arms}
+  return max((1 + depth(by_name[n], arms) for n in arm.needs.values()), default=0)
+
+
+def ordered(arms: Sequence[Arm]) -> list[Arm]:
+  return sorted(arms, key=lambda a: depth(a, arms))

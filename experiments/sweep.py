@@ -1,0 +1,336 @@
+r"""Sweeps and ablations from the shell: arms x seeds x test folds, resumable, aggregated into tables.
+
+A ready-made ablation (see experiments/ablations.py for the list):
+
+  python experiments/sweep.py --ablation=models --root=runs/ablations \
+      --manual_dir=$HOME/ecg_release --seeds=0,1,2 --folds=0,1,2,3,4
+
+A grid of your own over any config (every combination of the --grid values is an arm):
+
+  python experiments/sweep.py --name=dropout --config=configs/cnn.py --root=runs/sweeps \
+      --grid='model.dropout=0.1,0.3,0.5' --grid='data.grayscale=False,True' --folds=0,1,2,3,4
+
+Each run is `python -m ecgjax.main` in its own workdir ROOT/NAME/ARM/seedS_foldF (or in-process with
+--processes=0). A run whose workdir already holds eval/report.json is skipped and a half-finished
+one resumes from its checkpoint, so a sweep stopped half-way is simply started again. At the end the
+report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
+seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
+
+--smoke runs every arm with its config's :smoke variant on ecg_synth/tiny (seconds per run); the
+tests do that for every ablation.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent import futures
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from experiments import ablations  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.ablations import Arm  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run: an arm at a seed and a test fold."""
+  arm: Arm
+  seed: int
+  fold: int | None  # None for arms that do not depend on the fold (pre-training on synthetic data).
+  workdir: str
+
+  @property
+  def finished(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "eval", "report.json"))
+
+
+def parse_grid(items: Sequence[str]) -> list[Arm]:
+  """'--grid=field=v1,v2' items -> one Arm per combination, named by its values."""
+  axes = []
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--grid {item!r}: expected FIELD=VALUE1,VALUE2,...")
+    field, values = item.split("=", 1)
+    parsed = _literal(f"[{values}]") if values.strip() else [""]
+    if not isinstance(parsed, list):
+      parsed = [parsed]
+    axes.append([(field.strip(), v) for v in parsed])
+  arms = []
+  for combo in itertools.product(*axes) if axes else [()]:
+    name = "_".join(f"{f.split('.')[-1]}={_short(v)}" for f, v in combo) or "base"
+    arms.append(Arm(name=name, overrides=dict(combo)))
+  return arms
+
+
+def _literal(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    # Bare words (e.g. 'adamw,sgd') are strings.
+    return [v.strip() for v in text.strip("[]").split(",")]
+
+
+def _short(value: Any) -> str:
+  text = "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+  return text.replace("/", "-").replace(" ", "").replace("|", "+")[:40] or "none"
+
+
+def plan(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
+         folds: Sequence[int]) -> list[Run]:
+  """Every run of the ablation, dependencies (arms other arms need) first."""
+  runs = []
+  for arm in ablations.ordered(ablation.arms):
+    for seed in seeds:
+      for fold in (folds if arm.per_fold else [None]):
+        tag = f"seed{seed}" + (f"_fold{fold}" if fold is not None else "")
+        runs.append(Run(arm, seed, fold, os.path.join(root, ablation.name, arm.name, tag)))
+  return runs
+
+
+def run_overrides(run: Run, runs: Sequence[Run], ablation: ablations.Ablation,
+                  common: dict[str, Any], smoke: bool = False) -> dict[str, Any]:
+  """The config overrides of one run: common ones, the arm's, seed, fold, dependency workdirs."""
+  def pick(owner):
+    return owner.smoke_overrides if smoke and owner.smoke_overrides is not None else owner.overrides
+  overrides = {**common, **pick(ablation), **pick(run.arm), "seed": run.seed}
+  if run.fold is not None:
+    overrides["data.test_fold"] = run.fold
+    overrides["data.val_fold"] = (run.fold + 1) % 5
+  for field, needed in run.arm.needs.items():
+    dep = next((r for r in runs if r.arm.name == needed and r.seed == run.seed
+                and r.fold in (run.fold, None)), None)
+    if dep is None:
+      raise ValueError(f"Arm {run.arm.name!r} needs arm {needed!r}, which the ablation lacks.")
+    overrides[field] = dep.workdir
+  return overrides
+
+
+def config_file(arm: Arm, ablation: ablations.Ablation, smoke: bool) -> str:
+  path = arm.config or ablation.config
+  return f"{path}:smoke" if smoke else path
+
+
+def _flag_value(value: Any) -> str:
+  return repr(value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def command(run: Run, config: str, overrides: dict[str, Any]) -> list[str]:
+  args = [sys.executable, "-m", "ecgjax.main", f"--config={config}", f"--workdir={run.workdir}"]
+  args += [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
+  return args
+
+
+def load_config(config: str):
+  """A config file (`path[:arg]`) loaded as ml_collections' config_flags would."""
+  path, _, arg = config.partition(":")
+  spec = importlib.util.spec_from_file_location("sweep_config", os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+  for field, value in overrides.items():
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"Override {field}={value!r}: the config has no field {field!r}.")
+    current = node[leaf]
+    if isinstance(current, tuple) and isinstance(value, list):
+      value = tuple(value)
+    node[leaf] = value
+  return config
+
+
+def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) -> None:
+  os.makedirs(run.workdir, exist_ok=True)
+  if in_process:
+    from ecgjax import train  # pylint: disable=g-import-not-at-top
+    cfg = apply_overrides(load_config(config), overrides)
+    cfg.lock()
+    train.train_and_evaluate(cfg, run.workdir)
+    return
+  log = os.path.join(run.workdir, "sweep.log")
+  with open(log, "a") as f:
+    proc = subprocess.run(command(run, config, overrides), cwd=REPO, stdout=f,
+                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": REPO})
+  if proc.returncode:
+    raise RuntimeError(f"Run {run.workdir} failed (exit {proc.returncode}); see {log}.")
+
+
+def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
+              folds: Sequence[int], *, smoke: bool = False, processes: int = 1,
+              common: dict[str, Any] | None = None) -> list[Run]:
+  """Runs every unfinished run (dependencies first), then writes the aggregate tables."""
+  common = dict(common or {})
+  if smoke:
+    common.setdefault("dataset.name", "ecg_synth")
+    common.setdefault("dataset.config", "tiny")
+  runs = plan(ablation, root, seeds, folds)
+  todo = [r for r in runs if not r.finished]
+  logging.info("%s: %d runs, %d finished, %d to do.", ablation.name, len(runs),
+               len(runs) - len(todo), len(todo))
+  # Runs wait for the arms they need; within a wave they are independent.
+  waves: list[list[Run]] = []
+  for run in todo:
+    depth = ablations.depth(run.arm, ablation.arms)
+    while len(waves) <= depth:
+      waves.append([])
+    waves[depth].append(run)
+  for wave in waves:
+    jobs = [(r, config_file(r.arm, ablation, smoke),
+             run_overrides(r, runs, ablation, common, smoke)) for r in wave]
+    if processes <= 1:
+      for r, config, overrides in jobs:
+        logging.info("Running %s", r.workdir)
+        execute(r, config, overrides, in_process=processes == 0)
+    else:
+      with futures.ThreadPoolExecutor(processes) as pool:
+        for done in [pool.submit(execute, r, c, o, False) for r, c, o in jobs]:
+          done.result()
+  aggregate(ablation, runs, os.path.join(root, ablation.name))
+  return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -> list[dict]:
+  """Per-arm mean +- std of the metrics over the finished runs; writes results.{md,csv,png}."""
+  rows = []
+  for arm in ablation.arms:
+    if arm.name in ablation.hidden:
+      continue
+    reports = []
+    for r in runs:
+      if r.arm.name == arm.name and r.finished:
+        with open(os.path.join(r.workdir, "eval", "report.json")) as f:
+          reports.append(json.load(f))
+    if not reports:
+      continue
+    row = {"arm": arm.name, "runs": len(reports)}
+    for m in METRICS:
+      row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([rep[m] for rep in reports])
+    for name in reports[0]["class_names"]:
+      row[f"f1_{name}_mean"], _ = _mean_std([rep["per_class"][name]["f1"] for rep in reports])
+    rows.append(row)
+  os.makedirs(out_dir, exist_ok=True)
+  if not rows:
+    return rows
+  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  class_cols = [k for k in rows[0] if k.startswith("f1_")]
+  lines = [f"# {ablation.name}", "", ablation.description, "",
+           "| arm | runs | accuracy | balanced accuracy | macro-F1 | "
+           + " | ".join(f"F1 {c[3:-5]}" for c in class_cols) + " |",
+           "|---|---|---|---|---|" + "---|" * len(class_cols)]
+  for r in rows:
+    cells = [r["arm"], str(r["runs"])] + [
+        f"{r[m + '_mean']:.3f} +- {r[m + '_std']:.3f}" for m in METRICS] + [
+            f"{r[c]:.3f}" for c in class_cols]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "mean +- sample std over seeds x test folds; each run selects its checkpoint on "
+            "its validation fold and reports its test fold."]
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _plot(rows, ablation.name, os.path.join(out_dir, "results.png"))
+  print("\n".join(lines))
+  return rows
+
+
+def _plot(rows: list[dict], title: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x = np.arange(len(rows))
+  width = 0.8 / len(METRICS)
+  fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows) + 2), 4), dpi=110)
+  for i, m in enumerate(METRICS):
+    ax.bar(x + (i - 1) * width, [r[f"{m}_mean"] for r in rows], width,
+           yerr=[r[f"{m}_std"] for r in rows], capsize=3, label=m.replace("_", " "))
+  ax.set_xticks(x, [r["arm"] for r in rows], rotation=20, ha="right")
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("test score (mean +- std)")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------
+
+flags.DEFINE_string("ablation", None, f"A ready-made ablation: {', '.join(ablations.ABLATIONS)}.")
+flags.DEFINE_string("name", None, "Name of a custom sweep (with --config and --grid).")
+flags.DEFINE_string("config", None, "Base config file of a custom sweep.")
+flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,... (repeatable: the product is swept).")
+flags.DEFINE_multi_string("override", [], "FIELD=VALUE applied to every run (repeatable).")
+flags.DEFINE_string("root", "runs/ablations", "Where the sweep's workdirs and tables go.")
+flags.DEFINE_list("seeds", ["0"], "Seeds.")
+flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Test folds (validation: the next fold).")
+flags.DEFINE_string("manual_dir", None, "The real release, for ablations on ecg_images.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+flags.DEFINE_bool("smoke", False, "Smoke variants of every config on ecg_synth/tiny.")
+flags.DEFINE_integer("processes", 1, "Runs at once (subprocesses); 0: one after another in-process.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if bool(FLAGS.ablation) == bool(FLAGS.name):
+    raise app.UsageError("Give either --ablation=NAME or --name=NAME with --config and --grid.")
+  if FLAGS.ablation:
+    ablation = ablations.get(FLAGS.ablation)
+  else:
+    if not FLAGS.config:
+      raise app.UsageError("A custom sweep needs --config.")
+    ablation = ablations.Ablation(name=FLAGS.name, description=f"Sweep over {FLAGS.grid}.",
+                                  config=FLAGS.config, arms=parse_grid(FLAGS.grid))
+  common = {}
+  for item in FLAGS.override:
+    field, value = item.split("=", 1)
+    common[field] = _literal(value) if value[:1] in "([{'\"0123456789-" else value
+  if FLAGS.manual_dir:
+    common.update({"dataset.name": "ecg_images", "dataset.config": "w1024",
+                   "dataset.manual_dir": os.path.abspath(os.path.expanduser(FLAGS.manual_dir))})
+  if FLAGS.data_dir:
+    common["dataset.data_dir"] = os.path.abspath(FLAGS.data_dir)
+  run_sweep(ablation, FLAGS.root, [int(s) for s in FLAGS.seeds], [int(f) for f in FLAGS.folds],
+            smoke=FLAGS.smoke, processes=FLAGS.processes, common=common)
+
+
+if __name__ == "__main__":
+  app.run(main)

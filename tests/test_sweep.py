@@ -1,0 +1,82 @@
+"""Sweeps and ablations: every ready-made ablation runs end to end on its smoke configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import ablations
+from experiments import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))
+def test_ablation_runs_end_to_end_and_resumes(name, tfds_data_dir, tmp_path):
+  ablation = ablations.get(name)
+  common = {"dataset.data_dir": tfds_data_dir, "saliency.num_pages": 0, "train.num_epochs": 1}
+  runs = sweep.run_sweep(ablation, str(tmp_path), seeds=[0], folds=[0], smoke=True, processes=0,
+                         common=common)
+  assert runs and all(r.finished for r in runs)
+  shown = [a.name for a in ablation.arms if a.name not in ablation.hidden]
+  with open(tmp_path / name / "results.csv") as f:
+    lines = f.read().splitlines()
+  assert [line.split(",")[0] for line in lines[1:]] == shown
+  table = (tmp_path / name / "results.md").read_text()
+  assert all(f"| {arm} | 1 |" in table for arm in shown)
+  assert os.path.getsize(tmp_path / name / "results.png") > 5000
+  # The reported numbers are the runs' own.
+  first = next(r for r in runs if r.arm.name == shown[0])
+  with open(os.path.join(first.workdir, "eval", "report.json")) as f:
+    assert f"{json.load(f)['macro_f1']:.3f} +- 0.000" in table.splitlines()[6]
+  # Dependencies reached their dependants: a fused model restores its backbones' runs.
+  for r in runs:
+    with open(os.path.join(r.workdir, "config.json")) as f:
+      config = json.load(f)
+    for field, arm in r.arm.needs.items():
+      dep = next(d for d in runs if d.arm.name == arm)
+      node = config
+      for part in field.split("."):
+        node = node[part]
+      assert node == dep.workdir
+  # Started again, a finished sweep runs nothing: every report stays as it was.
+  stamps = {r.workdir: os.path.getmtime(os.path.join(r.workdir, "eval", "report.json"))
+            for r in runs}
+  sweep.run_sweep(ablation, str(tmp_path), seeds=[0], folds=[0], smoke=True, processes=0,
+                  common=common)
+  assert stamps == {r.workdir: os.path.getmtime(os.path.join(r.workdir, "eval", "report.json"))
+                    for r in runs}
+
+
+def test_grid_expands_to_the_product_of_values():
+  arms = sweep.parse_grid(["model.dropout=0.1,0.5", "data.image_size=(48,80),(64,112)"])
+  assert len(arms) == 4
+  assert {a.name for a in arms} == {"dropout=0.1_image_size=48x80", "dropout=0.1_image_size=64x112",
+                                    "dropout=0.5_image_size=48x80", "dropout=0.5_image_size=64x112"}
+  assert arms[1].overrides == {"model.dropout": 0.1, "data.image_size": (64, 112)}
+  assert [a.overrides["train.optimizer"] for a in sweep.parse_grid(["train.optimizer=adamw,sgd"])] \
+      == ["adamw", "sgd"]
+
+
+def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_dir, tmp_path):
+  args = [sys.executable, "experiments/sweep.py", "--name=grid", "--config=configs/cnn.py",
+          "--grid=model.dropout=0.0,0.5", "--smoke", "--seeds=0", "--folds=0,1",
+          f"--root={tmp_path}", "--processes=2", f"--data_dir={tfds_data_dir}",
+          "--override=saliency.num_pages=0"]
+  # One run is interrupted half-way first: the sweep resumes it instead of starting it over.
+  stopped = tmp_path / "grid" / "dropout=0.0" / "seed0_fold1"
+  out = subprocess.run(
+      [sys.executable, "-m", "ecgjax.main", "--config=configs/cnn.py:smoke", f"--workdir={stopped}",
+       f"--config.dataset.data_dir={tfds_data_dir}", "--config.model.dropout=0.0",
+       "--config.seed=0", "--config.data.test_fold=1", "--config.data.val_fold=2",
+       "--config.saliency.num_pages=0", "--config.train.stop_at_step=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert not (stopped / "eval" / "report.json").exists()
+  out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Resuming from the checkpoint at step 3" in (stopped / "sweep.log").read_text()
+  rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
+  assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "2"], ["dropout=0.5", "2"]]
