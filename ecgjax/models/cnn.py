@@ -13,6 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecgjax.models.batch_norm import BatchNorm
+from ecgjax.models.pooling import max_pool_2x2
+
 
 class CustomCNN(nn.Module):
   """A plain VGG-style CNN with BatchNorm.
@@ -39,7 +42,7 @@ class CustomCNN(nn.Module):
   def __call__(self, images, *, train: bool = False, return_features: bool = False):
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
                              dtype=self.dtype, param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
                              param_dtype=jnp.float32)
     x = images.astype(self.dtype)
@@ -48,7 +51,7 @@ class CustomCNN(nn.Module):
         x = conv(width, name=f"stage{stage}_conv{i}")(x)
         x = norm(name=f"stage{stage}_bn{i}")(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = max_pool_2x2(x, padding="SAME")
     features = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     if self.dense_units:

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecgjax.models.batch_norm import BatchNorm
 from ecgjax.models.depthwise import DepthwiseConv
 from ecgjax.models.pointwise import PointwiseConv
 
@@ -72,7 +73,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False, return_features: bool = False):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype,
                              param_dtype=jnp.float32)
     pointwise = functools.partial(PointwiseConv, use_bias=False, dtype=self.dtype,

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecgjax.models.pooling import max_pool_2x2
+
 # Output channels of the convolutions in each of the five blocks, as in Keras.
 STAGES: tuple[tuple[int, ...], ...] = (
     (64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -54,7 +56,7 @@ class VGG16(nn.Module):
         x = nn.Conv(max(1, int(channels * self.width)), (3, 3), padding="SAME", dtype=self.dtype,
                     param_dtype=jnp.float32, name=f"block{block}_conv{i}")(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = max_pool_2x2(x, padding="VALID")
 
     if self.head == "classifier":
       # Keras flattens channels-last feature maps in (H, W, C) order, as reshape does here.
