@@ -44,6 +44,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ecgjax-train=ecgjax.main:run",
+            "ecgjax-predict=ecgjax.predict:run",
         ],
     },
 )

@@ -24,11 +24,15 @@ from absl import flags
 from ecgjax.classes import CLASS_NAMES
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained run's directory.")
-flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-flags.DEFINE_bool("json", False, "Print one JSON document instead of a table.")
-flags.DEFINE_bool("crop", True, "Find and crop the grid panel (as the training data were).")
-flags.DEFINE_integer("batch_size", 8, "Pages per forward pass.")
+
+
+def _define_flags() -> None:
+  """Defined only when run as a command, so importing this module defines no global flags."""
+  flags.DEFINE_string("workdir", None, "A trained run's directory.")
+  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_bool("json", False, "Print one JSON document instead of a table.")
+  flags.DEFINE_bool("crop", True, "Find and crop the grid panel (as the training data were).")
+  flags.DEFINE_integer("batch_size", 8, "Pages per forward pass.")
 
 
 def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best",
@@ -95,5 +99,10 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

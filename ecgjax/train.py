@@ -197,7 +197,8 @@ def _init_state(config, model, tx, image_shape) -> TrainState:
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), ema_params=params, eval_batch_stats=batch_stats)
+                    opt_state=tx.init(params), ema_params=_copy(params),
+                    eval_batch_stats=_copy(batch_stats))
 
 
 def _init_from(state: TrainState, workdir: str) -> TrainState:

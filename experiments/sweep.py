@@ -293,18 +293,20 @@ def _plot(rows: list[dict], title: str, path: str) -> None:
 # Command line.
 # ---------------------------------------------------------------------------------------------
 
-flags.DEFINE_string("ablation", None, f"A ready-made ablation: {', '.join(ablations.ABLATIONS)}.")
-flags.DEFINE_string("name", None, "Name of a custom sweep (with --config and --grid).")
-flags.DEFINE_string("config", None, "Base config file of a custom sweep.")
-flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,... (repeatable: the product is swept).")
-flags.DEFINE_multi_string("override", [], "FIELD=VALUE applied to every run (repeatable).")
-flags.DEFINE_string("root", "runs/ablations", "Where the sweep's workdirs and tables go.")
-flags.DEFINE_list("seeds", ["0"], "Seeds.")
-flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Test folds (validation: the next fold).")
-flags.DEFINE_string("manual_dir", None, "The real release, for ablations on ecg_images.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-flags.DEFINE_bool("smoke", False, "Smoke variants of every config on ecg_synth/tiny.")
-flags.DEFINE_integer("processes", 1, "Runs at once (subprocesses); 0: one after another in-process.")
+def _define_flags() -> None:
+  """Defined only when run as a command: importing this module (the tests do) defines none."""
+  flags.DEFINE_string("ablation", None, f"A ready-made ablation: {', '.join(ablations.ABLATIONS)}.")
+  flags.DEFINE_string("name", None, "Name of a custom sweep (with --config and --grid).")
+  flags.DEFINE_string("config", None, "Base config file of a custom sweep.")
+  flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,... (repeatable: the product is swept).")
+  flags.DEFINE_multi_string("override", [], "FIELD=VALUE applied to every run (repeatable).")
+  flags.DEFINE_string("root", "runs/ablations", "Where the sweep's workdirs and tables go.")
+  flags.DEFINE_list("seeds", ["0"], "Seeds.")
+  flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Test folds (validation: the next fold).")
+  flags.DEFINE_string("manual_dir", None, "The real release, for ablations on ecg_images.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+  flags.DEFINE_bool("smoke", False, "Smoke variants of every config on ecg_synth/tiny.")
+  flags.DEFINE_integer("processes", 1, "Runs at once (subprocesses); 0: one after another in-process.")
 
 
 def main(argv):
@@ -333,4 +335,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
