@@ -25,7 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.test_fold = 0  # Fold 0..4 held out for the test report.
-  config.data.val_fold = 1  # Fold used for model selection (best checkpoint) and BN-free curves.
+  # Fold for model selection (the best checkpoint); None: no validation, the latest is reported.
+  config.data.val_fold = ml_collections.FieldReference(1, field_type=int)
   config.data.image_size = (256, 448)  # (height, width) of the model input; the panel is ~1.72:1.
   config.data.resize_mode = "pad"  # 'pad': keep aspect ratio, pad with paper; 'stretch'.
   config.data.grayscale = False  # One luminance channel instead of RGB.

@@ -14,6 +14,7 @@ evaluation the BatchNorm statistics are recomputed for exactly those parameters 
 
 # No `from __future__ import annotations`: clu metric collections read their annotations.
 
+import dataclasses
 import functools
 import os
 import time
@@ -278,8 +279,10 @@ class Trainer:
         functools.partial(eval_step, model=self.model, value_range=self.value_range),
         in_shardings=(self.replicated, batch_sharding),
         out_shardings=(batch_sharding, self.replicated))
+    # Recomputing BatchNorm statistics needs the model to report one batch's statistics alone.
     self.stats_model = (self.model.clone(bn_momentum=0.0)
-                        if "bn_momentum" in {f.name for f in _fields(self.model)} else None)
+                        if "bn_momentum" in {f.name for f in dataclasses.fields(self.model)}
+                        else None)
     if self.stats_model is not None:
       self.batch_stats_step = jax.jit(
           functools.partial(batch_stats_step, model=self.stats_model,
@@ -500,11 +503,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _fields(module: nn.Module):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.fields(module)
 
 
 def _copy(tree):

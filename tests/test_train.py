@@ -232,3 +232,19 @@ def test_fusion_restores_frozen_backbones_from_their_runs(tfds_data_dir, tmp_pat
   config.fusion.workdirs.cnn = ""
   with pytest.raises(ValueError, match="config.fusion.workdirs.cnn"):
     train.Trainer(config, str(tmp_path / "bad"))
+
+
+def test_trains_and_reports_on_the_real_sample(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from sample_data import SAMPLE_DIR  # pylint: disable=g-import-not-at-top
+  config = default.get_config("smoke")
+  config.dataset.name = "ecg_images"
+  config.dataset.config = "w1024"
+  config.dataset.manual_dir = str(SAMPLE_DIR)
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.saliency.num_pages = 1
+  report = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert report["dataset"].startswith("ecg_images/w1024")
+  # 16 distinct pages (two files are copies) dealt into 5 folds: the test fold holds 3 or 4.
+  assert report["num_examples"] in (3, 4)
+  assert report["outputs"]["saliency"]["pages"]

@@ -79,8 +79,8 @@ def fold_splits(data_config: ml_collections.ConfigDict) -> Splits:
     raise ValueError(f"config.data.test_fold={test} out of range 0..{num - 1}.")
   if val is not None and (not 0 <= int(val) < num or int(val) == test):
     raise ValueError(f"config.data.val_fold={val} must be in 0..{num - 1} and differ from "
-                     f"test_fold={test} (or None to validate on the test fold's neighbour-free "
-                     "train folds is not supported: choose a fold).")
+                     f"config.data.test_fold={test} (or be None: no validation, and the latest "
+                     "checkpoint is reported).")
   used = {test} | ({int(val)} if val is not None else set())
   train = tuple(f"fold{i}" for i in range(num) if i not in used)
   return Splits(train=train, val=(f"fold{int(val)}",) if val is not None else (),
