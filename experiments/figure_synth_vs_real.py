@@ -1,7 +1,7 @@
 """Draws docs/synth_vs_real.png: real pages of the release beside synthetic pages, per class.
 
     PYTHONPATH=. python experiments/figure_synth_vs_real.py \
-        --sample_dir /work/shared/data/ecg_images_sample --out docs/synth_vs_real.png
+        --sample_dir ../shared/data/ecg_images_sample --out docs/synth_vs_real.png
 
 One row per class; the left column shows a real page (from the 16-page sample of the release), the
 right column a synthetic page of the same class from `ecgjax.data.synth`.
@@ -24,7 +24,8 @@ from ecgjax.data import synth  # noqa: E402
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sample_dir", default="/work/shared/data/ecg_images_sample")
+  beside_repo = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+  parser.add_argument("--sample_dir", default=str(beside_repo / "ecg_images_sample"))
   parser.add_argument("--out", default="docs/synth_vs_real.png")
   parser.add_argument("--seed", type=int, default=2)
   parser.add_argument("--width", type=int, default=700, help="Width of each page in the figure, px.")

@@ -1,8 +1,8 @@
 """Where things are on a 12-lead ECG page: the one layout shared by the renderer and by saliency.
 
-The numbers are measured on the pages of the real release (see
-`/work/shared/data/ecg_images_sample/README.md`): every page there has the same geometry, so the
-synthetic renderer (`ecgjax.data.synth`) draws on this layout, both TFDS builders crop the same
+The numbers are measured on the pages of the real release (see the sample's README,
+`../shared/data/ecg_images_sample/README.md` beside the repository): every page there has the same
+geometry, so the synthetic renderer (`ecgjax.data.synth`) draws on this layout, both TFDS builders crop the same
 `panel_box`, and saliency sums attributions per lead with `lead_boxes()`, which are given as fractions
 of the cropped grid panel and therefore hold for the model input of real and synthetic pages alike.
 
