@@ -351,20 +351,8 @@ def heat_map(attributions: np.ndarray) -> np.ndarray:
 
 def content_box(source_hw: tuple[int, int], target_hw: tuple[int, int],
                 resize_mode: str = "pad") -> tuple[int, int, int, int]:
-  """Where the source image lands in the model input: (top, left, height, width) in pixels.
-
-  Mirrors `transforms.resize`: mode "pad" scales to fit and centres, padding with paper; "stretch"
-  fills the input.
-  """
-  h, w = source_hw
-  height, width = target_hw
-  if resize_mode == "stretch" or (h, w) == (height, width):
-    return 0, 0, height, width
-  if resize_mode != "pad":
-    raise ValueError(f"resize mode must be 'pad' or 'stretch', got {resize_mode!r}.")
-  scale = min(height / h, width / w)
-  nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-  return (height - nh) // 2, (width - nw) // 2, nh, nw
+  """Where the source image lands in the model input: (top, left, height, width) in pixels."""
+  return transforms.fit_box(source_hw, target_hw, resize_mode)
 
 
 def lead_pixel_boxes(box: tuple[int, int, int, int],
@@ -430,8 +418,7 @@ class Page:
 def prepare_page(rgb: np.ndarray, data_config: ml_collections.ConfigDict, name: str,
                  label: int | None = None, source: str = "") -> Page:
   """A decoded panel (uint8 H, W, 3) -> the model input, with the same ops as `pipeline.Preprocess`."""
-  ops = transforms.parse(pipeline.Preprocess(data_config).spec)
-  image = transforms.apply(ops, rgb, np.random.default_rng(0))
+  image = pipeline.Preprocess(data_config).process(rgb)
   box = content_box(rgb.shape[:2], tuple(data_config.image_size), data_config.resize_mode)
   return Page(name=name, image=image, box=box, label=label, source=source)
 

@@ -81,6 +81,22 @@ def apply(ops: list[Op], image: np.ndarray, rng: np.random.Generator) -> np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
+def fit_box(source_hw: tuple[int, int], target_hw: tuple[int, int],
+            mode: str = "pad") -> tuple[int, int, int, int]:
+  """Where `resize` puts a source image inside the target: (top, left, height, width) in pixels.
+
+  mode="pad" scales to fit and centres (the rest is padding); "stretch" fills the target.
+  """
+  if mode not in ("pad", "stretch"):
+    raise ValueError(f"resize mode must be 'pad' or 'stretch', got {mode!r}.")
+  (h, w), (height, width) = source_hw, target_hw
+  if mode == "stretch" or (h, w) == (height, width):
+    return 0, 0, height, width
+  scale = min(height / h, width / w)
+  nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+  return (height - nh) // 2, (width - nw) // 2, nh, nw
+
+
 @register("resize")
 def resize(height: int, width: int, mode: str = "pad", fill: int = 255) -> Op:
   """Resizes to (height, width).
@@ -97,15 +113,12 @@ def resize(height: int, width: int, mode: str = "pad", fill: int = 255) -> Op:
     if (h, w) == (height, width):
       return image
     pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-    if mode == "stretch":
-      out = np.asarray(pil.resize((width, height), Image.BILINEAR, reducing_gap=2.0))
-    else:
-      scale = min(height / h, width / w)
-      nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-      resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0))
-      out = np.full((height, width) + resized.shape[2:], fill, dtype=np.uint8)
-      top, left = (height - nh) // 2, (width - nw) // 2
-      out[top:top + nh, left:left + nw] = resized
+    top, left, nh, nw = fit_box((h, w), (height, width), mode)
+    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0))
+    if (nh, nw) == (height, width):
+      return resized.reshape(height, width, -1)
+    out = np.full((height, width) + resized.shape[2:], fill, dtype=np.uint8)
+    out[top:top + nh, left:left + nw] = resized
     return out.reshape(height, width, -1)
 
   return op
