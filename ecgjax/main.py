@@ -9,6 +9,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ecgjax.kernels import hugepages
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and reports.")
@@ -29,6 +31,7 @@ def main(argv):
 
 
 def run():
+  hugepages.ensure()
   app.run(main)
 
 

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from ecgjax.classes import CLASS_NAMES
+from ecgjax.kernels import hugepages
 
 FLAGS = flags.FLAGS
 
@@ -100,6 +101,7 @@ def main(argv):
 
 
 def run() -> None:
+  hugepages.ensure()
   _define_flags()
   app.run(main)
 

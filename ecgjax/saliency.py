@@ -651,6 +651,8 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+  from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.ensure()
   # Defined only when run as a command: `ecgjax.main` defines --workdir too, and imports this module.
   FLAGS = _define_flags()
   app.run(main)

@@ -26,6 +26,12 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 DEFAULT_BATCH = {"cnn": 16, "mobilenet_v2": 16, "vgg16": 8}
 NUM_CLASSES = 4
 
@@ -150,7 +156,10 @@ def _spawn(framework: str, model: str, batch: int, args) -> dict:
   command = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--models", model,
              "--batch", str(batch), "--size", str(args.size), "--steps", str(args.steps),
              "--repeats", str(args.repeats)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+  # Both frameworks run with transparent huge pages, as ecgjax's commands do (see
+  # ecgjax/kernels/hugepages.py); ECGJAX_HUGE_PAGES=0 runs both without.
+  base = os.environ if os.environ.get("ECGJAX_HUGE_PAGES") == "0" else hugepages.environment()
+  env = dict(base, TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join(filter(None, [
                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  os.environ.get("PYTHONPATH")])))
@@ -180,7 +189,9 @@ def main() -> None:
     _worker(args)
     return
 
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  size={args.size}  steps={args.steps}  "
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  huge pages: "
+        f"{os.environ.get('ECGJAX_HUGE_PAGES') != '0' and hugepages.available()}  "
+        f"size={args.size}  steps={args.steps}  "
         f"repeats={args.repeats} (best kept; shared machine: figures are noisy)")
   header = (f"{'model':13} {'batch':>5} {'fw':6} {'train img/s':>11} {'eval img/s':>10} "
             f"{'compile s':>9} {'peak GB':>7}")

@@ -45,6 +45,7 @@ if REPO not in sys.path:
 
 from experiments import ablations  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.ablations import Arm  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -335,5 +336,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hugepages.ensure()  # in-process runs (--processes=0) get the setting too
   _define_flags()
   app.run(main)

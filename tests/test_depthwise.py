@@ -61,7 +61,9 @@ def test_bfloat16_gradients_accumulate_in_float32():
 
 
 def test_resolve_impl_picks_by_backend():
-  assert depthwise.resolve_impl("auto", backend="cpu") == "shifted"
+  # oneDNN on a single float32 CPU device (tests/test_conv.py checks it builds), else shifted.
+  assert depthwise.resolve_impl("auto", backend="cpu") == "onednn"
+  assert depthwise.resolve_impl("auto", backend="cpu", dtype=jnp.bfloat16) == "shifted"
   assert depthwise.resolve_impl("auto", backend="gpu") == "xla_conv"
   assert depthwise.resolve_impl("auto", backend="tpu") == "xla_conv"
   assert depthwise.resolve_impl("xla_conv", backend="cpu") == "xla_conv"

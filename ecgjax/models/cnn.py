@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ecgjax.models.batch_norm import BatchNorm
+from ecgjax.models.conv import Conv
 from ecgjax.models.pooling import max_pool_2x2
 
 
@@ -29,6 +30,7 @@ class CustomCNN(nn.Module):
     bn_momentum: BatchNorm moving-average momentum (Keras and Flax default 0.99 is too slow for short
       runs: the statistics stay near their start; the trainer also recomputes them before evaluation).
     dtype: computation dtype; parameters stay float32.
+    conv_impl: 'auto', 'xla' or 'onednn'; see `ecgjax.kernels.conv.resolve_impl`.
   """
   num_classes: int
   filters: Sequence[int] = (32, 64, 128, 256)
@@ -37,11 +39,12 @@ class CustomCNN(nn.Module):
   dropout: float = 0.3
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, return_features: bool = False):
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    conv = functools.partial(Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
+                             impl=self.conv_impl, dtype=self.dtype, param_dtype=jnp.float32)
     norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
                              param_dtype=jnp.float32)

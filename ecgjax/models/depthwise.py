@@ -1,14 +1,15 @@
 """Depthwise 2D convolution with an implementation chosen per backend, in one place.
 
 XLA:CPU runs a depthwise convolution (`lax.conv_general_dilated` with ``feature_group_count`` equal
-to the channel count) roughly ten times slower than TensorFlow does, forward and backward. Written
-as ``kh * kw`` shifted, strided slices of the padded input, each multiplied by one tap of the
-kernel and summed, the same operation is a chain of elementwise ops that XLA:CPU fuses into a few
-loops; its hand-written gradient (polyphase input gradient, one variadic reduction for the kernel
-gradient) keeps the backward pass fused too. Measured forward+backward on 16x56x56x144 (stride 1):
-~320 ms grouped convolution, ~34 ms shifted; 16x112x112x96 (stride 2): ~780 ms against ~66 ms.
-On GPU and TPU the grouped convolution is the fast path. Both
-implementations compute the same function (tests/test_depthwise.py checks values and gradients);
+to the channel count) 30-70 times slower than TensorFlow does, forward and backward. On a single
+float32 CPU device it runs in oneDNN (`ecgjax.kernels.conv`, 'onednn'): 1.6 / 2.4 / 2.3 ms forward /
+input / kernel gradient on 16x56x56x144 against XLA's 128 / 128 / 203
+(`python experiments/benchmark_conv.py`). Where oneDNN cannot be built, the same operation is
+written as ``kh * kw`` shifted, strided slices of the padded input, each multiplied by one tap of the
+kernel and summed ('shifted'): a chain of elementwise ops that XLA:CPU fuses into a few loops, with a
+hand-written gradient (polyphase input gradient, one variadic reduction for the kernel gradient).
+On GPU and TPU the grouped convolution is the fast path ('xla_conv'). All implementations compute
+the same function (tests/test_depthwise.py and tests/test_conv.py check values and gradients);
 `resolve_impl` is the only place that picks one.
 
 Not for: grouped convolutions with a depth multiplier other than 1 (MobileNetV2 needs none).
@@ -25,17 +26,23 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("auto", "xla_conv", "shifted")
+from ecgjax.kernels import conv as conv_kernels
 
+IMPLS = ("auto", "xla_conv", "shifted", "onednn")
 Padding = str | Sequence[tuple[int, int]]
 
 
-def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
+def resolve_impl(impl: str = "auto", backend: str | None = None, dtype=jnp.float32) -> str:
   """Returns the concrete implementation for `impl`: 'auto' picks by backend.
+
+  On CPU, 'auto' is oneDNN's depthwise convolution when `ecgjax.kernels.conv` would use oneDNN
+  (single device, float32, library built), else the shifted form; elsewhere XLA's grouped
+  convolution.
 
   Args:
     impl: one of `IMPLS`.
     backend: the JAX backend name; defaults to `jax.default_backend()`.
+    dtype: the computation dtype.
   """
   if impl not in IMPLS:
     raise ValueError(f"Unknown depthwise_impl {impl!r}; expected one of {IMPLS}.")
@@ -43,7 +50,9 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
     return impl
   backend = backend or jax.default_backend()
   # Only XLA:CPU lacks a fast grouped convolution; GPU (cuDNN) and TPU have one.
-  return "shifted" if backend == "cpu" else "xla_conv"
+  if backend != "cpu":
+    return "xla_conv"
+  return "onednn" if conv_kernels.resolve_impl("auto", dtype) == "onednn" else "shifted"
 
 
 def _explicit_padding(
@@ -68,7 +77,7 @@ def depthwise_conv2d(
     kernel: (kh, kw, 1, C), the layout `flax.linen.Conv` uses for ``feature_group_count=C``.
     strides: (sh, sw).
     padding: 'SAME', 'VALID' or explicit ((top, bottom), (left, right)), as in `lax.conv`.
-    impl: 'auto', 'xla_conv' or 'shifted' (see `resolve_impl`).
+    impl: 'auto', 'xla_conv', 'shifted' or 'onednn' (see `resolve_impl`).
 
   Returns:
     (B, H', W', C), the same as `lax.conv_general_dilated(..., feature_group_count=C)`.
@@ -79,7 +88,9 @@ def depthwise_conv2d(
                      f"expected (kh, kw, 1, {x.shape[-1]}).")
   strides = tuple(int(s) for s in strides)
   pads = _explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, dtype=jnp.result_type(x, kernel))
+  if impl == "onednn":
+    return conv_kernels.conv2d(x, kernel, strides, pads, groups=channels, impl="onednn")
   if impl == "xla_conv":
     return lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding=pads,
@@ -173,7 +184,7 @@ class DepthwiseConv(nn.Module):
     strides: (sh, sw).
     padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
     use_bias: whether to add a per-channel bias.
-    impl: 'auto', 'xla_conv' or 'shifted'; see `resolve_impl`.
+    impl: 'auto', 'xla_conv', 'shifted' or 'onednn'; see `resolve_impl`.
     dtype: computation dtype.
     param_dtype: parameter dtype.
   """

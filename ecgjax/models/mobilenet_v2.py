@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ecgjax.models.batch_norm import BatchNorm
+from ecgjax.models.conv import Conv
 from ecgjax.models.depthwise import DepthwiseConv
 from ecgjax.models.pointwise import PointwiseConv
 
@@ -61,7 +62,10 @@ class MobileNetV2(nn.Module):
     dropout: dropout rate before the logits (Keras has none: 0.0 keeps its architecture).
     bn_momentum: BatchNorm moving-average momentum (Keras uses 0.999; only affects training).
     dtype: computation dtype; parameters stay float32.
-    depthwise_impl: 'auto', 'xla_conv' or 'shifted'; see `ecgjax.models.depthwise.resolve_impl`.
+    depthwise_impl: 'auto', 'xla_conv', 'shifted' or 'onednn'; see
+      `ecgjax.models.depthwise.resolve_impl`.
+    conv_impl: 'auto', 'xla' or 'onednn' for the stem and the 1x1 convolutions; see
+      `ecgjax.kernels.conv.resolve_impl`.
   """
 
   num_classes: int
@@ -70,22 +74,24 @@ class MobileNetV2(nn.Module):
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   depthwise_impl: str = "auto"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False, return_features: bool = False):
     norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    pointwise = functools.partial(PointwiseConv, use_bias=False, dtype=self.dtype,
-                                  param_dtype=jnp.float32)
+    pointwise = functools.partial(PointwiseConv, use_bias=False, impl=self.conv_impl,
+                                  dtype=self.dtype, param_dtype=jnp.float32)
     depthwise = functools.partial(DepthwiseConv, kernel_size=(3, 3), use_bias=False,
                                   impl=self.depthwise_impl, dtype=self.dtype,
                                   param_dtype=jnp.float32)
 
     x = images.astype(self.dtype)
     # 'SAME' with stride 2 pads like TensorFlow (extra row/column at the bottom/right).
-    x = nn.Conv(make_divisible(32 * self.alpha), (3, 3), strides=(2, 2), padding="SAME",
-                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="Conv1")(x)
+    x = Conv(make_divisible(32 * self.alpha), (3, 3), strides=(2, 2), padding="SAME",
+             use_bias=False, impl=self.conv_impl, dtype=self.dtype, param_dtype=jnp.float32,
+             name="Conv1")(x)
     x = nn.relu6(norm(name="bn_Conv1")(x))
 
     for block_id, (expansion, filters, stride) in enumerate(BLOCKS):

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ecgjax.models.conv import Conv
 from ecgjax.models.pooling import max_pool_2x2
 
 # Output channels of the convolutions in each of the five blocks, as in Keras.
@@ -35,6 +36,7 @@ class VGG16(nn.Module):
     dropout: dropout rate after fc1 and fc2, or after pooling in the 'gap' head (Keras: none).
     width: multiplier on every convolution's channels; 1.0 is Keras' VGG16.
     dtype: computation dtype; parameters stay float32.
+    conv_impl: 'auto', 'xla' or 'onednn'; see `ecgjax.kernels.conv.resolve_impl`.
   """
 
   num_classes: int
@@ -43,6 +45,7 @@ class VGG16(nn.Module):
   dropout: float = 0.0
   width: float = 1.0
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False, return_features: bool = False):
@@ -53,8 +56,8 @@ class VGG16(nn.Module):
     x = images.astype(self.dtype)
     for block, widths in enumerate(STAGES, start=1):
       for i, channels in enumerate(widths, start=1):
-        x = nn.Conv(max(1, int(channels * self.width)), (3, 3), padding="SAME", dtype=self.dtype,
-                    param_dtype=jnp.float32, name=f"block{block}_conv{i}")(x)
+        x = Conv(max(1, int(channels * self.width)), (3, 3), padding="SAME", impl=self.conv_impl,
+                 dtype=self.dtype, param_dtype=jnp.float32, name=f"block{block}_conv{i}")(x)
         x = nn.relu(x)
       x = max_pool_2x2(x, padding="VALID")
 
