@@ -39,6 +39,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["ecgjax", "ecgjax.*", "configs"]),
     include_package_data=True,
+    package_data={"ecgjax.kernels": ["*.cc"]},  # compiled on first use (ecgjax/kernels/conv.py)
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "dill==0.4.1"]},
     entry_points={
