@@ -55,18 +55,6 @@ def resolve_impl(impl: str = "auto", backend: str | None = None, dtype=jnp.float
   return "onednn" if conv_kernels.resolve_impl("auto", dtype) == "onednn" else "shifted"
 
 
-def _explicit_padding(
-    spatial: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
-    padding: Padding) -> list[tuple[int, int]]:
-  if isinstance(padding, str):
-    return list(lax.padtype_to_pads(spatial, kernel, strides, padding.upper()))
-  pads = [tuple(int(p) for p in pair) for pair in padding]
-  if len(pads) != 2 or any(len(pair) != 2 for pair in pads):
-    raise ValueError(f"padding must be 'SAME', 'VALID' or ((top, bottom), (left, right)); got "
-                     f"{padding!r}.")
-  return pads
-
-
 def depthwise_conv2d(
     x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), padding: Padding = "SAME",
     impl: str = "auto") -> jax.Array:
@@ -87,7 +75,7 @@ def depthwise_conv2d(
     raise ValueError(f"Depthwise kernel shape {kernel.shape} does not fit input shape {x.shape}; "
                      f"expected (kh, kw, 1, {x.shape[-1]}).")
   strides = tuple(int(s) for s in strides)
-  pads = _explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
+  pads = conv_kernels.explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
   impl = resolve_impl(impl, dtype=jnp.result_type(x, kernel))
   if impl == "onednn":
     return conv_kernels.conv2d(x, kernel, strides, pads, groups=channels, impl="onednn")
