@@ -158,8 +158,7 @@ def _spawn(framework: str, model: str, batch: int, args) -> dict:
              "--repeats", str(args.repeats)]
   # Both frameworks run with transparent huge pages, as ecgjax's commands do (see
   # ecgjax/kernels/hugepages.py); ECGJAX_HUGE_PAGES=0 runs both without.
-  base = os.environ if os.environ.get("ECGJAX_HUGE_PAGES") == "0" else hugepages.environment()
-  env = dict(base, TF_CPP_MIN_LOG_LEVEL="2",
+  env = dict(hugepages.environment(), TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join(filter(None, [
                  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  os.environ.get("PYTHONPATH")])))
@@ -189,8 +188,8 @@ def main() -> None:
     _worker(args)
     return
 
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  huge pages: "
-        f"{os.environ.get('ECGJAX_HUGE_PAGES') != '0' and hugepages.available()}  "
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
+        f"GLIBC_TUNABLES={hugepages.environment().get('GLIBC_TUNABLES', '')!r}  "
         f"size={args.size}  steps={args.steps}  "
         f"repeats={args.repeats} (best kept; shared machine: figures are noisy)")
   header = (f"{'model':13} {'batch':>5} {'fw':6} {'train img/s':>11} {'eval img/s':>10} "

@@ -16,11 +16,19 @@ pass and the ratio of ecgjax's chosen implementation to TensorFlow.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_LAYERS = ("16x224x224x3-32,16x112x112x32-64,16x56x56x64-128,16x28x28x128-256,"
                   "8x224x224x64-64,8x56x56x256-256,8x14x14x512-512,"
@@ -62,18 +70,14 @@ def run_jax(layer: dict, impl: str, repeats: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from ecgjax.kernels import conv  # pylint: disable=import-outside-toplevel
   x, kernel, dy = (jax.numpy.asarray(a) for a in _arrays(layer))
-  f = functools_partial(conv.conv2d, strides=(layer["s"],) * 2, padding="SAME", groups=layer["g"],
+  f = functools.partial(conv.conv2d, strides=(layer["s"],) * 2, padding="SAME", groups=layer["g"],
                         impl=impl)
   forward = jax.jit(f)
   input_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda x: f(x, k), x)[1](dy)[0])
-  kernel_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda k: f(x, k), kernel)[1](dy)[0])
+  kernel_grad = jax.jit(lambda x, k, dy: jax.vjp(lambda k: f(x, k), k)[1](dy)[0])
   return {"forward": _best(lambda: forward(x, kernel).block_until_ready(), repeats),
           "input_grad": _best(lambda: input_grad(x, kernel, dy).block_until_ready(), repeats),
           "kernel_grad": _best(lambda: kernel_grad(x, kernel, dy).block_until_ready(), repeats)}
-
-
-def functools_partial(fn, **kwargs):
-  return lambda x, k: fn(x, k, **kwargs)
 
 
 def run_tf(layer: dict, repeats: int) -> dict:
@@ -118,10 +122,15 @@ def main(argv=None) -> None:
     print(json.dumps(result))
     return
 
+  # Every child runs with transparent huge pages, as experiments/benchmark.py runs both frameworks
+  # (ecgjax/kernels/hugepages.py); ECGJAX_HUGE_PAGES=0 runs them without.
+  env = dict(hugepages.environment(), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+      filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+
   def child(framework, spec):
     out = subprocess.run([sys.executable, __file__, "--child", f"{framework}:{spec}",
                           "--repeats", str(args.repeats)], capture_output=True, text=True,
-                         check=True).stdout
+                         env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
   frameworks = args.impls.split(",") + ([] if args.no_tf else ["tf"])

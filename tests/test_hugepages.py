@@ -17,6 +17,7 @@ def test_environment_adds_the_tunable_once_and_keeps_others():
   assert hugepages.environment(env) == env
   kept = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the user's own choice wins
   assert hugepages.environment(kept) == kept
+  assert hugepages.environment({"ECGJAX_HUGE_PAGES": "0"}) == {"ECGJAX_HUGE_PAGES": "0"}
 
 
 def _run(env_update, *args):

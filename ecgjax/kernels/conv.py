@@ -2,15 +2,16 @@
 
 On GPU and TPU, `lax.conv_general_dilated` is the fast path (cuDNN, the TPU's MXU). On CPU it is not:
 XLA:CPU's convolution is close to oneDNN's forward for wide layers, but its kernel gradient is 2-6
-times slower and so are layers with few input channels. Measured on this project's 2-core AVX-512
-CPU, milliseconds forward / input gradient / kernel gradient (`python experiments/benchmark_conv.py`):
+times slower, layers with few input channels 2-7 times, grouped ones up to 100 times. Measured on
+this project's 2-core AVX-512 CPU with huge pages, milliseconds forward / input gradient / kernel
+gradient (`python experiments/benchmark_conv.py`):
 
   ======================  =====================  =====================  ==================
   layer                   XLA                    oneDNN (here)          TensorFlow (Keras)
   ======================  =====================  =====================  ==================
-  16x224x224x3 -> 32      84 / - / 56            28 / - / 8             15 / - / 9
-  16x112x112x32 -> 64     51 / 51 / 144          27 / 19 / 21           19 / 17 / 21
-  8x224x224x64 -> 64      98 / 99 / 588          83 / 91 / 95           66 / 66 / 99
+  16x224x224x3 -> 32      44 / 28 / 33           6.5 / 23 / 8.1         14 / 18 / 9.1
+  16x112x112x32 -> 64     35 / 35 / 127          17 / 19 / 21           20 / 18 / 22
+  8x224x224x64 -> 64      80 / 81 / 518          61 / 69 / 98           69 / 69 / 105
   ======================  =====================  =====================  ==================
 
 So on CPU the convolution runs in oneDNN, the library TensorFlow itself uses there, through three

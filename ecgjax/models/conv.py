@@ -7,7 +7,7 @@ convolution itself is `ecgjax.kernels.conv.conv2d`: oneDNN on a single CPU devic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +15,23 @@ import jax
 import jax.numpy as jnp
 
 from ecgjax.kernels import conv as conv_kernels
+
+
+def apply_conv_layer(module: nn.Module, x: jax.Array, kernel_shape: Sequence[int],
+                     convolve: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+  """The body every convolution layer here shares, called from its compact `__call__`.
+
+  Declares ``kernel`` (`kernel_shape`, HWIO) and, when ``module.use_bias``, ``bias`` (the kernel's
+  last dimension), as `flax.linen.Conv` names and shapes them; promotes to ``module.dtype``; returns
+  ``convolve(x, kernel)`` plus the bias. `module` must have the fields ``use_bias``, ``dtype``,
+  ``param_dtype``, ``kernel_init`` and ``bias_init``.
+  """
+  kernel = module.param("kernel", module.kernel_init, tuple(kernel_shape), module.param_dtype)
+  bias = module.param("bias", module.bias_init, (kernel_shape[-1],), module.param_dtype) \
+      if module.use_bias else None
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  y = convolve(x, kernel).astype(x.dtype)
+  return y if bias is None else y + bias
 
 
 class Conv(nn.Module):
@@ -49,13 +66,7 @@ class Conv(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"Conv {self.name!r} expects NHWC input; got shape {x.shape}.")
     groups = self.feature_group_count
-    kernel = self.param("kernel", self.kernel_init,
-                        (*self.kernel_size, x.shape[-1] // groups, self.features), self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-        if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_kernels.conv2d(x, kernel, self.strides, self.padding, groups, self.impl)
-    y = y.astype(x.dtype)
-    if bias is not None:
-      y = y + bias
-    return y
+    return apply_conv_layer(
+        self, x, (*self.kernel_size, x.shape[-1] // groups, self.features),
+        lambda x, kernel: conv_kernels.conv2d(x, kernel, self.strides, self.padding, groups,
+                                              self.impl))

@@ -1,9 +1,9 @@
 """Depthwise 2D convolution with an implementation chosen per backend, in one place.
 
 XLA:CPU runs a depthwise convolution (`lax.conv_general_dilated` with ``feature_group_count`` equal
-to the channel count) 30-70 times slower than TensorFlow does, forward and backward. On a single
-float32 CPU device it runs in oneDNN (`ecgjax.kernels.conv`, 'onednn'): 1.6 / 2.4 / 2.3 ms forward /
-input / kernel gradient on 16x56x56x144 against XLA's 128 / 128 / 203
+to the channel count) 25-60 times slower than TensorFlow does, forward and backward. On a single
+float32 CPU device it runs in oneDNN (`ecgjax.kernels.conv`, 'onednn'): 1.3 / 2.4 / 1.7 ms forward /
+input / kernel gradient on 16x56x56x144 against XLA's 137 / 137 / 122
 (`python experiments/benchmark_conv.py`). Where oneDNN cannot be built, the same operation is
 written as ``kh * kw`` shifted, strided slices of the padded input, each multiplied by one tap of the
 kernel and summed ('shifted'): a chain of elementwise ops that XLA:CPU fuses into a few loops, with a
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ecgjax.kernels import conv as conv_kernels
+from ecgjax.models.conv import apply_conv_layer
 
 IMPLS = ("auto", "xla_conv", "shifted", "onednn")
 Padding = str | Sequence[tuple[int, int]]
@@ -189,13 +190,6 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, channels),
-                        self.param_dtype)
-    bias = self.param("bias", self.bias_init, (channels,), self.param_dtype) if self.use_bias \
-        else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = depthwise_conv2d(x, kernel, self.strides, self.padding, self.impl)
-    if bias is not None:
-      y = y + bias
-    return y
+    return apply_conv_layer(
+        self, x, (*self.kernel_size, 1, x.shape[-1]),
+        lambda x, kernel: depthwise_conv2d(x, kernel, self.strides, self.padding, self.impl))

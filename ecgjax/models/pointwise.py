@@ -5,8 +5,9 @@ backward as the same contraction written as a `dot_general` over the channel axi
 16x56x56x144 -> 24 MobileNetV2 projection: 69 ms against 30 ms). On GPU and TPU XLA already turns a
 1x1 convolution into a matrix product, so the dot form is the XLA path on every backend. On a
 single CPU device with oneDNN built (`ecgjax.kernels.conv.resolve_impl`, the one place that picks)
-oneDNN's 1x1 convolution is faster still: 1.9 / 1.0 / 1.7 ms forward / input / kernel gradient on
-that projection against 5.3 / 2.2 / 13.8 (`python experiments/benchmark_conv.py`).
+oneDNN's 1x1 convolution is a little faster still: 2.0 / 1.0 / 1.9 ms forward / input / kernel
+gradient on that projection against 2.3 / 1.2 / 3.3 for the matrix product (with huge pages; XLA's
+1x1 `lax.conv` took 5.5 / 2.4 / 14, `python experiments/benchmark_conv.py`).
 
 Parameters are named and shaped as in `flax.linen.Conv` with ``kernel_size=(1, 1)`` (and as Keras'
 Conv2D): ``kernel`` (1, 1, in, out) and optional ``bias`` (out,), so weights move between them as is.
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ecgjax.kernels import conv as conv_kernels
+from ecgjax.models.conv import apply_conv_layer
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
@@ -61,12 +63,5 @@ class PointwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
-        if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = pointwise_conv(x, kernel, self.impl).astype(x.dtype)
-    if bias is not None:
-      y = y + bias
-    return y
+    return apply_conv_layer(self, x, (1, 1, x.shape[-1], self.features),
+                            lambda x, kernel: pointwise_conv(x, kernel, self.impl))
