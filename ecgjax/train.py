@@ -4,7 +4,9 @@
 device mesh with the batch sharded on `data` and everything else replicated: the same code runs on
 one CPU or a pod. Randomness comes in as keys folded with the step number, so a run resumed from a
 checkpoint (which includes the grain iterator state) ends with the same parameters as one never
-interrupted.
+interrupted. The train step augments its batch itself (`config.data.augment`, `data.augment`), so the
+host only gathers decoded pages; and the loop never waits on the device between steps: whether the
+loss and parameters stayed finite travels in the metrics and is read at log and checkpoint steps.
 
 Evaluation-mode statistics are made trustworthy in two ways, both configurable: the evaluated
 parameters are an exponential moving average of the trained ones (`train.ema_decay`), and before every
@@ -37,6 +39,8 @@ from ecgjax import mesh as mesh_lib
 from ecgjax import models
 from ecgjax import report as report_lib
 from ecgjax.classes import CLASS_NAMES, NUM_CLASSES
+from ecgjax.data import augment
+from ecgjax.data import decoded as decoded_lib
 from ecgjax.data import pipeline
 
 
@@ -51,12 +55,35 @@ class TrainState:
 
 
 @flax.struct.dataclass
+class FirstNonFinite(metrics.Metric):
+  """The first step (1-based) whose loss or parameter norm was not finite; 0 while none was.
+
+  Carried in the train metrics so that checking it needs no transfer from the device per step.
+  """
+  step: jax.Array
+
+  @classmethod
+  def from_model_output(cls, *, loss, param_norm, step, **_) -> "FirstNonFinite":
+    finite = jnp.isfinite(loss) & jnp.isfinite(param_norm)
+    return cls(step=jnp.where(finite, 0, step).astype(jnp.int32))
+
+  def merge(self, other: "FirstNonFinite") -> "FirstNonFinite":
+    both = (self.step > 0) & (other.step > 0)
+    return type(self)(step=jnp.where(both, jnp.minimum(self.step, other.step),
+                                     jnp.maximum(self.step, other.step)))
+
+  def compute(self) -> jax.Array:
+    return self.step
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   accuracy: metrics.Accuracy
   grad_norm: metrics.Average.from_output("grad_norm")
   param_norm: metrics.LastValue.from_output("param_norm")
   learning_rate: metrics.LastValue.from_output("learning_rate")
+  first_nonfinite_step: FirstNonFinite
 
 
 @flax.struct.dataclass
@@ -141,8 +168,13 @@ def _variables(params, batch_stats):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                class_weights: jax.Array, dropout_key: jax.Array, label_smoothing: float,
-               ema_decay: float, value_range: tuple[float, float]) -> tuple[TrainState, TrainMetrics]:
-  images = pipeline.normalize(batch["image"], value_range)
+               ema_decay: float, value_range: tuple[float, float],
+               augmentation: augment.Augmentation = augment.Augmentation(),
+               augment_key: jax.Array | None = None) -> tuple[TrainState, TrainMetrics]:
+  images = batch["image"]
+  if augmentation:
+    images = augmentation.apply(images, jax.random.fold_in(augment_key, state.step))
+  images = pipeline.normalize(images, value_range)
   labels = batch["label"]
   rng = jax.random.fold_in(dropout_key, state.step)
 
@@ -163,7 +195,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                             opt_state=opt_state, ema_params=ema_params)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, grad_norm=optax.global_norm(grads),
-      param_norm=optax.global_norm(params), learning_rate=schedule(state.step))
+      param_norm=optax.global_norm(params), learning_rate=schedule(state.step),
+      step=state.step + 1)
   return new_state, step_metrics
 
 
@@ -247,7 +280,11 @@ class Trainer:
     self.sources = {name: pipeline.Source(self.builder, s)
                     for name, s in (("train", splits.train), ("val", splits.val),
                                     ("test", splits.test)) if s}
-    self.train_labels = self.sources["train"].labels()
+    self.augmentation = augment.parse(config.data.augment)
+    # Each page decoded and resized once (cached beside the data set), gathered by index.
+    self.data = {name: decoded_lib.load(source, config.data)
+                 for name, source in self.sources.items()}
+    self.train_labels = self.data["train"].labels
     self.steps_per_epoch = len(self.sources["train"]) // config.train.batch_size
     if self.steps_per_epoch == 0:
       raise ValueError(f"The training folds hold {len(self.sources['train'])} examples, fewer than "
@@ -272,7 +309,9 @@ class Trainer:
             class_weights=jnp.asarray(self.class_weights),
             dropout_key=jax.random.fold_in(jax.random.key(config.seed), 1),
             label_smoothing=float(config.train.label_smoothing),
-            ema_decay=float(config.train.ema_decay), value_range=self.value_range),
+            ema_decay=float(config.train.ema_decay), value_range=self.value_range,
+            augmentation=self.augmentation,
+            augment_key=jax.random.fold_in(jax.random.key(config.seed), 2)),
         in_shardings=(self.state_sharding, batch_sharding),
         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
@@ -341,7 +380,7 @@ class Trainer:
         self.state_sharding)
 
   def train_iterator(self):
-    ds = pipeline.train_dataset(self.sources["train"], self.config.data,
+    ds = pipeline.train_dataset(self.data["train"], self.config.data,
                                 local_batch_size=self.local_batch, seed=self.config.seed)
     return iter(ds)
 
@@ -353,9 +392,8 @@ class Trainer:
     if self.stats_model is None or not state.batch_stats or n <= 0:
       return state.replace(eval_batch_stats=state.batch_stats)
     # A fixed, unaugmented stream (its own seed), so every recomputation sees the same pages.
-    ds = pipeline.train_dataset(self.sources["train"], self.config.data,
-                                local_batch_size=self.local_batch, seed=self.config.seed + 7919,
-                                augment=False)
+    ds = pipeline.train_dataset(self.data["train"], self.config.data,
+                                local_batch_size=self.local_batch, seed=self.config.seed + 7919)
     it = iter(ds)
     total = None
     for _ in range(n):
@@ -367,10 +405,8 @@ class Trainer:
     return state.replace(eval_batch_stats=averaged)
 
   def evaluate(self, variables: dict[str, Any], split: str) -> tuple[dict[str, Any], EvalMetrics]:
-    source = self.sources[split]
     logits_all, labels_all, masks_all, collected = [], [], [], None
-    for batch in pipeline.eval_batches(source, self.config.data,
-                                       local_batch_size=self.local_eval_batch):
+    for batch in pipeline.eval_batches(self.data[split], local_batch_size=self.local_eval_batch):
       global_batch = mesh_lib.to_global(batch, self.mesh)
       logits, step_metrics = self.eval_step(variables, global_batch)
       collected = step_metrics if collected is None else collected.merge(step_metrics)
@@ -414,28 +450,30 @@ class Trainer:
         batch = mesh_lib.to_global(next(train_it), self.mesh)
         state, step_metrics = self.train_step(state, batch)
       step += 1
-      # Checked every step, before anything is saved: a broken state never reaches a checkpoint.
-      loss = float(step_metrics.loss.compute())
-      param_norm = float(step_metrics.param_norm.compute())
-      if not (np.isfinite(loss) and np.isfinite(param_norm)):
-        last = manager.latest_step()
-        _close(train_it)
-        manager.close()
-        raise NonFiniteLossError(
-            f"Non-finite training loss ({loss}) or parameters (norm {param_norm}) at step {step}. "
-            f"The last good checkpoint "
-            f"(step {last}) in {manager.directory} is intact. Lower config.train.learning_rate, "
-            "enable config.train.grad_clip_norm, or check the data; the run resumes from that "
-            "checkpoint when started again.")
+      # No transfer from the device here, so the host gathers the next batch while this step runs.
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       for hook in hooks:
         hook(step)
-      if step % config.train.log_every_steps == 0 or step == self.total_steps:
-        writer.write_scalars(step, {f"train/{k}": v
-                                    for k, v in train_metrics.compute().items()})
-        train_metrics = None
       epoch_end = step % self.steps_per_epoch == 0
       epoch = step // self.steps_per_epoch
+      saving = epoch_end or (every and step % every == 0)
+      if (step % config.train.log_every_steps == 0 or step == self.total_steps
+          or saving):
+        # Checked before anything is saved: a broken state never reaches a checkpoint.
+        computed = train_metrics.compute()
+        bad = int(computed.pop("first_nonfinite_step"))
+        if bad:
+          last = manager.latest_step()
+          _close(train_it)
+          manager.close()
+          raise NonFiniteLossError(
+              f"Non-finite training loss or parameters at step {bad}. The last good checkpoint "
+              f"(step {last}) in {manager.directory} is intact. Lower config.train.learning_rate, "
+              "enable config.train.grad_clip_norm, or check the data; the run resumes from that "
+              "checkpoint when started again.")
+        if step % config.train.log_every_steps == 0 or step == self.total_steps:
+          writer.write_scalars(step, {f"train/{k}": v for k, v in computed.items()})
+          train_metrics = None
       if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == self.total_steps):
         state = self.recompute_batch_stats(state)
         val_metrics = None
@@ -449,7 +487,7 @@ class Trainer:
           logging.info("epoch %d step %d: %s", epoch, step,
                        ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
         checkpoints.save(manager, step, state, train_it, val_metrics)
-      elif epoch_end or (every and step % every == 0):
+      elif saving:
         checkpoints.save(manager, step, state, train_it)
       if config.train.stop_at_step is not None and step >= config.train.stop_at_step:
         logging.warning("Stopping at step %d (config.train.stop_at_step), as if killed.", step)

@@ -83,10 +83,10 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "augmentation",
             "Training augmentation that respects an ECG (small rotation, scale, translation, "
-            "brightness, contrast; never a flip) against none.",
+            "brightness, contrast; never a flip) against none, and with blur and sensor noise.",
             arms=(Arm("none", {"data.augment": ""}),
                   Arm("augment", {"data.augment": AUGMENT}),
-                  Arm("augment_blur_jpeg", {"data.augment": AUGMENT + "|blur(1.0)|jpeg(50,95)"}))),
+                  Arm("augment_blur_noise", {"data.augment": AUGMENT + "|blur(1.0)|noise(4)"}))),
         Ablation(
             "pretraining",
             "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "

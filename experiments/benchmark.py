@@ -1,17 +1,25 @@
-"""Times ecgjax models against the same Keras models on TensorFlow: train step and eval step.
+"""Times ecgjax's real train and eval steps against the same Keras models on TensorFlow.
 
 Run (about 5-10 minutes on 2 cores for the three models)::
 
   .venv/bin/python experiments/benchmark.py --models cnn,mobilenet_v2,vgg16 --size 224
 
-For each model, one subprocess per framework (so peak memory and threads are not shared) builds
-the model at SIZE x SIZE x 3 with 4 classes, compiles a full train step (forward, backward,
-SGD-momentum update, BatchNorm statistics; `jax.jit` with the state donated, Keras
-`train_on_batch`) and an eval step, then times `--steps` steps of each on the same random batch,
-`--repeats` times, keeping the best repeat (the machine is shared: the best is the least disturbed).
-It prints images/s for both, the ecgjax/Keras ratio, compile time (JAX: lower+compile; Keras: the
-first call) and the peak resident memory of each process. XLA flags go in the XLA_FLAGS
-environment variable as usual; they reach the JAX subprocess only.
+For each model, one subprocess per framework (so peak memory and threads are not shared):
+  - ecgjax: the `ecgjax.train.Trainer` built from the model's config (configs/NAME.py) at SIZE x SIZE,
+    and its jitted `train_step` and `eval_step`, the code a run executes: uint8 images normalised in
+    the step, AdamW or SGD as the config says with masked weight decay, global-norm clipping, class
+    weights, the EMA of the parameters, BatchNorm statistics and the clu metrics, over the device
+    mesh. Augmentation is left out (Keras has none here; `--augment` keeps the config's, and
+    `experiments/benchmark_pipeline.py` prints its cost). The Trainer reads `ecg_synth/tiny` (built
+    in --data_dir if missing) only to exist; the timed batch is random.
+  - Keras: the same architecture with the same head, a Rescaling layer for the uint8 input, the
+    config's optimizer with weight decay, `global_clipnorm` and `use_ema`, and class weights, through
+    `train_on_batch` and `predict_on_batch`.
+Each compiles, then times `--steps` steps on the same batch `--repeats` times and keeps the best
+repeat (the machine is shared: the best is the least disturbed). It prints images/s for both, the
+ecgjax/Keras ratio, compile time (JAX: lower+compile; Keras: the first call) and the peak resident
+memory of each process. XLA flags go in the XLA_FLAGS environment variable as usual; they reach the
+JAX subprocess only.
 
 Not a test: speed targets are checked by reading this table, never in the test suite.
 """
@@ -19,11 +27,13 @@ Not a test: speed targets are checked by reading this table, never in the test s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,10 +46,24 @@ DEFAULT_BATCH = {"cnn": 16, "mobilenet_v2": 16, "vgg16": 8}
 NUM_CLASSES = 4
 
 
+def _config(model_name: str, batch: int, size: int, augment: bool = False, data_dir=None):
+  """The model's experiment config at SIZE x SIZE and this batch, reading ecg_synth/tiny."""
+  config = importlib.import_module(f"configs.{model_name}").get_config()
+  config.dataset.name, config.dataset.config = "ecg_synth", "tiny"
+  config.dataset.data_dir = data_dir
+  config.data.val_fold = None  # Four folds of tiny train: 16 pages, one batch of 16.
+  config.data.image_size = (size, size)
+  config.data.resize_mode = "stretch"
+  config.train.batch_size = config.eval.batch_size = batch
+  if not augment:
+    config.data.augment = ""
+  return config
+
+
 def _data(batch: int, size: int, seed: int = 0):
   import numpy as np  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
-  images = rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+  images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_CLASSES, (batch,)).astype(np.int32)
   return images, labels
 
@@ -55,99 +79,110 @@ def _time(step, steps: int, repeats: int) -> float:
   return best
 
 
-def run_jax(model_name: str, batch: int, size: int, steps: int, repeats: int) -> dict:
+def run_jax(model_name: str, batch: int, size: int, steps: int, repeats: int,
+            augment: bool = False, data_dir=None) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from ecgjax.models import cnn, mobilenet_v2, vgg16  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ecgjax import checkpoints, train  # pylint: disable=import-outside-toplevel
+  from ecgjax import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
 
-  model = {"cnn": lambda: cnn.CustomCNN(NUM_CLASSES),
-           "mobilenet_v2": lambda: mobilenet_v2.MobileNetV2(NUM_CLASSES),
-           "vgg16": lambda: vgg16.VGG16(NUM_CLASSES)}[model_name]()
-  images, labels = (jnp.asarray(a) for a in _data(batch, size))
-  variables = jax.jit(model.init)(jax.random.key(0), images[:1])
-  params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  tx = optax.sgd(0.01, momentum=0.9)
-  state = (params, batch_stats, tx.init(params), jax.random.key(1))
-
-  def train_step(state, images, labels):
-    params, batch_stats, opt_state, key = state
-    key, dropout_key = jax.random.split(key)
-
-    def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": dropout_key})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, updates.get("batch_stats", {})
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state, key), loss
-
-  def eval_step(params, batch_stats, images):
-    return model.apply({"params": params, "batch_stats": batch_stats}, images)
-
+  config = _config(model_name, batch, size, augment, data_dir)
+  trainer = train.Trainer(config, tempfile.mkdtemp(prefix="ecgjax-benchmark-"))
+  images, labels = _data(batch, size)
+  train_batch = mesh_lib.to_global({"image": images, "label": labels}, trainer.mesh)
+  eval_batch = mesh_lib.to_global({"image": images, "label": labels,
+                                   "mask": np.ones(batch, bool)}, trainer.mesh)
+  state = trainer.initial_state()
+  variables = checkpoints.inference_variables(train._as_dict(state))  # pylint: disable=protected-access
   start = time.perf_counter()
-  train = jax.jit(train_step, donate_argnums=0).lower(state, images, labels).compile()
-  evaluate = jax.jit(eval_step).lower(params, batch_stats, images).compile()
+  train_step = trainer.train_step.lower(state, train_batch).compile()
+  eval_step = trainer.eval_step.lower(variables, eval_batch).compile()
   compile_s = time.perf_counter() - start
 
   holder = [state]
 
   def one_train():
-    holder[0], loss = train(holder[0], images, labels)
-    loss.block_until_ready()
+    holder[0], metrics = train_step(holder[0], train_batch)
+    jax.block_until_ready(metrics)
 
   one_train()
   train_s = _time(one_train, steps, repeats)
-  eval_fn = lambda: evaluate(holder[0][0], holder[0][1], images).block_until_ready()
+  eval_fn = lambda: jax.block_until_ready(eval_step(variables, eval_batch))
   eval_fn()
   eval_s = _time(eval_fn, steps, repeats)
   return {"train_ips": batch / train_s, "eval_ips": batch / eval_s, "compile_s": compile_s}
 
 
-def keras_custom_cnn(size: int, filters=(32, 64, 128, 256), dense_units=128, dropout=0.3):
-  """The Keras equivalent of `ecgjax.models.cnn.CustomCNN` with its default fields."""
+def _keras_model(config, size: int):
+  """The Keras model of `config.model` at SIZE x SIZE, taking uint8 images as ecgjax's step does."""
   import keras  # pylint: disable=import-outside-toplevel
   layers = keras.layers
-  inputs = keras.Input((size, size, 3))
-  x = inputs
-  for width in filters:
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-3)(x)
-    x = layers.ReLU()(x)
-    x = layers.MaxPooling2D(2, padding="same")(x)
-  x = layers.GlobalAveragePooling2D()(x)
-  x = layers.Dropout(dropout)(x)
-  x = layers.Dense(dense_units, activation="relu")(x)
-  x = layers.Dropout(dropout)(x)
+  m = config.model
+  inputs = keras.Input((size, size, 3), dtype="uint8")
+  lo, hi = config.data.value_range
+  x = layers.Rescaling((hi - lo) / 255.0, offset=lo)(inputs)
+  if m.name == "cnn":
+    for width in m.filters:
+      for _ in range(m.convs_per_stage):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=m.bn_momentum, epsilon=1e-3)(x)
+        x = layers.ReLU()(x)
+      x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(m.dropout)(x)
+    if m.dense_units:
+      x = layers.Dense(m.dense_units, activation="relu")(x)
+      x = layers.Dropout(m.dropout)(x)
+  else:
+    kwargs = dict(weights=None, include_top=False, pooling="avg", input_shape=(size, size, 3))
+    if m.name == "mobilenet_v2":
+      backbone = keras.applications.MobileNetV2(alpha=m.alpha, **kwargs)
+    elif m.name == "vgg16" and m.head == "gap" and m.width == 1.0:
+      backbone = keras.applications.VGG16(**kwargs)
+    else:
+      raise ValueError(f"No Keras twin for config.model={m}.")
+    x = layers.Dropout(m.dropout)(backbone(x))
   return keras.Model(inputs, layers.Dense(NUM_CLASSES)(x))
 
 
-def run_keras(model_name: str, batch: int, size: int, steps: int, repeats: int) -> dict:
+def _keras_optimizer(config):
   import keras  # pylint: disable=import-outside-toplevel
+  t = config.train
+  common = dict(learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                global_clipnorm=t.grad_clip_norm or None, use_ema=bool(t.ema_decay),
+                ema_momentum=t.ema_decay or 0.99)
+  if t.optimizer == "adamw":
+    return keras.optimizers.AdamW(**common)
+  if t.optimizer == "sgd":
+    return keras.optimizers.SGD(momentum=0.9, nesterov=True, **common)
+  raise ValueError(f"No Keras twin for config.train.optimizer={t.optimizer!r}.")
 
-  kwargs = dict(weights=None, input_shape=(size, size, 3), classes=NUM_CLASSES,
-                classifier_activation=None)
-  model = {"cnn": lambda: keras_custom_cnn(size),
-           "mobilenet_v2": lambda: keras.applications.MobileNetV2(**kwargs),
-           "vgg16": lambda: keras.applications.VGG16(**kwargs)}[model_name]()
-  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+def run_keras(model_name: str, batch: int, size: int, steps: int, repeats: int,
+              augment: bool = False, data_dir=None) -> dict:
+  import keras  # pylint: disable=import-outside-toplevel
+  del augment, data_dir
+  config = _config(model_name, batch, size)
+  model = _keras_model(config, size)
+  model.compile(optimizer=_keras_optimizer(config),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
   images, labels = _data(batch, size)
+  class_weight = {c: 1.0 + 0.1 * c for c in range(NUM_CLASSES)}  # Any: the cost is the same.
+  train = lambda: model.train_on_batch(images, labels, class_weight=class_weight)
   start = time.perf_counter()
-  model.train_on_batch(images, labels)
+  train()
   model.predict_on_batch(images)
   compile_s = time.perf_counter() - start
-  train_s = _time(lambda: model.train_on_batch(images, labels), steps, repeats)
+  train_s = _time(train, steps, repeats)
   eval_s = _time(lambda: model.predict_on_batch(images), steps, repeats)
   return {"train_ips": batch / train_s, "eval_ips": batch / eval_s, "compile_s": compile_s}
 
 
 def _worker(args) -> None:
   run = run_jax if args.worker == "jax" else run_keras
-  result = run(args.models, args.batch, args.size, args.steps, args.repeats)
+  result = run(args.models, args.batch, args.size, args.steps, args.repeats, args.augment,
+               args.data_dir)
   result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print("RESULT " + json.dumps(result))
 
@@ -156,6 +191,10 @@ def _spawn(framework: str, model: str, batch: int, args) -> dict:
   command = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--models", model,
              "--batch", str(batch), "--size", str(args.size), "--steps", str(args.steps),
              "--repeats", str(args.repeats)]
+  if args.augment:
+    command.append("--augment")
+  if args.data_dir:
+    command += ["--data_dir", args.data_dir]
   # Both frameworks run with transparent huge pages, as ecgjax's commands do (see
   # ecgjax/kernels/hugepages.py); ECGJAX_HUGE_PAGES=0 runs both without.
   env = dict(hugepages.environment(), TF_CPP_MIN_LOG_LEVEL="2",
@@ -182,6 +221,10 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
   parser.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept")
   parser.add_argument("--frameworks", default="jax,keras")
+  parser.add_argument("--augment", action="store_true",
+                      help="keep the config's on-device augmentation in ecgjax's step")
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data_dir holding (or to build) ecg_synth/tiny")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:

@@ -1,4 +1,4 @@
-"""The grain pipeline over a built data set: folds, batches, determinism, resumable state."""
+"""The input pipeline over a built data set: folds, batches, determinism, resumable state."""
 
 import io
 
@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ecgjax.data import decoded
 from ecgjax.data import pipeline
 
 
 def _source(config, splits):
   return pipeline.Source(pipeline.dataset_builder(config.dataset), splits)
+
+
+def _decoded(config, splits):
+  return decoded.load(_source(config, splits), config.data)
 
 
 def test_fold_splits_partition_the_folds(smoke_config):
@@ -28,22 +33,28 @@ def test_fold_splits_partition_the_folds(smoke_config):
 
 def test_eval_batches_cover_every_example_once(smoke_config):
   source = _source(smoke_config, ("fold0", "fold1"))
-  batches = list(pipeline.eval_batches(source, smoke_config.data, local_batch_size=3))
+  batches = list(pipeline.eval_batches(decoded.load(source, smoke_config.data),
+                                       local_batch_size=3))
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])[mask]
   assert mask.sum() == len(source)
   np.testing.assert_array_equal(labels, source.labels())
+  # The decoded pages are the records decoded and preprocessed, in order.
+  images = np.concatenate([b["image"] for b in batches])[mask]
+  preprocess = pipeline.Preprocess(smoke_config.data)
+  for i in (0, len(source) - 1):
+    np.testing.assert_array_equal(images[i], preprocess.map(source[i])["image"])
   h, w = smoke_config.data.image_size
   assert all(b["image"].shape == (3, h, w, 3) and b["image"].dtype == np.uint8 for b in batches)
 
 
 def test_eval_batches_split_over_processes(smoke_config):
-  source = _source(smoke_config, ("fold0",))
+  source = _decoded(smoke_config, ("fold0",))
   seen = []
   counts = set()
   for p in range(3):
-    batches = list(pipeline.eval_batches(source, smoke_config.data, local_batch_size=2,
-                                         process_index=p, process_count=3))
+    batches = list(pipeline.eval_batches(source, local_batch_size=2, process_index=p,
+                                         process_count=3))
     counts.add(len(batches))
     seen.append(np.concatenate([b["label"][b["mask"]] for b in batches]))
   assert len(counts) == 1  # Every process runs the same number of steps.
@@ -51,19 +62,18 @@ def test_eval_batches_split_over_processes(smoke_config):
 
 
 def test_train_stream_is_seeded_reshuffled_and_resumable(smoke_config):
-  source = _source(smoke_config, ("fold1", "fold2", "fold3"))
+  source = _decoded(smoke_config, ("fold1", "fold2", "fold3"))
   n = len(source)
 
   def stream(seed):
-    return iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=n,
-                                       seed=seed, augment=False))
+    return iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=n, seed=seed))
 
   a, b, c = stream(0), stream(0), stream(1)
   epoch1, epoch2 = next(a), next(a)
   np.testing.assert_array_equal(epoch1["image"], next(b)["image"])
   assert not np.array_equal(epoch1["image"], next(c)["image"])
   # Each epoch holds every example once, in a new order.
-  assert sorted(epoch1["label"]) == sorted(epoch2["label"]) == sorted(source.labels())
+  assert sorted(epoch1["label"]) == sorted(epoch2["label"]) == sorted(source.labels)
   assert not np.array_equal(epoch1["image"], epoch2["image"])
   # The iterator state restores the exact continuation.
   small = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=4, seed=0))
@@ -76,7 +86,7 @@ def test_train_stream_is_seeded_reshuffled_and_resumable(smoke_config):
 
 
 def test_worker_processes_give_the_same_batches(smoke_config):
-  source = _source(smoke_config, ("fold1",))
+  source = _decoded(smoke_config, ("fold1",))
   inline = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=2, seed=3))
   smoke_config.data.worker_count = 2
   workers = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=2, seed=3))
@@ -110,3 +120,21 @@ def test_normalize_maps_uint8_to_value_range():
   x = np.array([0, 255, 51], np.uint8)
   np.testing.assert_allclose(pipeline.normalize(x, (-1.0, 1.0)), [-1.0, 1.0, -0.6], atol=1e-6)
   np.testing.assert_allclose(pipeline.normalize(x, (0.0, 1.0)), [0.0, 1.0, 0.2], atol=1e-6)
+
+
+def test_shuffled_batches_epochs_and_process_slices():
+  one = pipeline.ShuffledBatches(num_examples=10, local_batch_size=4, seed=5)
+  assert one.per_epoch == 2  # 10 // 4: the partial batch of each epoch is dropped.
+  epoch0 = np.concatenate([one[0], one[1]])
+  assert len(set(epoch0.tolist())) == 8 and set(epoch0.tolist()) <= set(range(10))
+  assert not np.array_equal(np.concatenate([one[2], one[3]]), epoch0)  # Reshuffled.
+  np.testing.assert_array_equal(pipeline.ShuffledBatches(10, 4, seed=5)[3], one[3])  # Seeded.
+  # Two processes with half the local batch each see exactly the one-process global batch.
+  halves = [pipeline.ShuffledBatches(10, 2, seed=5, process_index=p, process_count=2)
+            for p in range(2)]
+  for k in range(5):
+    merged = np.empty(4, np.int64)
+    merged[0::2], merged[1::2] = halves[0][k], halves[1][k]
+    np.testing.assert_array_equal(merged, one[k])
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    pipeline.ShuffledBatches(3, 4, seed=0)

@@ -14,6 +14,8 @@ from ecgjax import checkpoints
 from ecgjax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every augmentation op, so that resumption and sharding are checked with all of them drawing keys.
+AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|perspective(0.02)|brightness(0.15)|contrast(0.15)|blur(1)|noise(3)"
 
 
 def _params(workdir, which="latest"):
@@ -49,6 +51,7 @@ def test_train_and_evaluate_end_to_end(smoke_config, tmp_path):
 
 
 def test_interrupted_run_resumes_to_identical_parameters(smoke_config, tmp_path):
+  smoke_config.data.augment = AUGMENT
   smoke_config.train.num_epochs = 2
   smoke_config.train.checkpoint_every_steps = 3
   smoke_config.saliency.num_pages = 0
@@ -95,6 +98,7 @@ _LOSS_SCRIPT = textwrap.dedent("""
     config.dataset.data_dir = sys.argv[1]
     config.train.batch_size = config.eval.batch_size = 8
     config.model.dropout = 0.5  # Partitionable threefry: the same masks however the batch is split.
+    config.data.augment = sys.argv[3]  # The same augmentation too.
     trainer = train.Trainer(config, sys.argv[2])
     state = trainer.initial_state()
     it = trainer.train_iterator()
@@ -109,7 +113,7 @@ _LOSS_SCRIPT = textwrap.dedent("""
 def _losses(data_dir, workdir, devices):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-c", _LOSS_SCRIPT, data_dir, workdir], env=env,
+  out = subprocess.run([sys.executable, "-c", _LOSS_SCRIPT, data_dir, workdir, AUGMENT], env=env,
                        capture_output=True, text=True, cwd=REPO, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,9 +184,9 @@ def test_recomputed_batch_stats_are_plain_averages_of_batch_statistics(smoke_con
   recomputed = trainer.recompute_batch_stats(state).eval_batch_stats
   # Against a direct computation: the first layer's per-channel mean over the same batches.
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  it = iter(pipeline.train_dataset(trainer.sources["train"], smoke_config.data,
+  it = iter(pipeline.train_dataset(trainer.data["train"], smoke_config.data,
                                    local_batch_size=trainer.local_batch,
-                                   seed=smoke_config.seed + 7919, augment=False))
+                                   seed=smoke_config.seed + 7919))
   means = []
   for _ in range(3):
     images = pipeline.normalize(next(it)["image"], trainer.value_range)

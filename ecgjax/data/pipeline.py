@@ -1,12 +1,14 @@
-"""The grain input pipeline: TFDS data sources in, batches of uint8 images and labels out.
+"""The input pipeline: TFDS data sources in, batches of uint8 images and labels out.
 
-Train batches come from an endless, seeded, per-epoch reshuffled `grain.MapDataset`, sharded by
-process for multi-host runs; the iterator is checkpointable (`get_state`/`set_state`) so a resumed run
-sees the same batches. Evaluation batches cover a split exactly once, padded to whole batches with a
-`mask`. Images stay uint8 on the host (four times less to move than float32); `normalize` turns them
-into the model's value range inside the jitted step.
+Every page is decoded and resized once per run (`decoded.load`, cached on disk); batches are gathered
+from those arrays by index. Train batches come from an endless, seeded, per-epoch reshuffled
+`grain.MapDataset` of indices, sharded by process for multi-host runs; the iterator is checkpointable
+(`get_state`/`set_state`) so a resumed run sees the same batches. Evaluation batches cover a split
+exactly once, padded to whole batches with a `mask`. Images stay uint8 on the host (four times less to
+move than float32); augmentation (`augment`) and `normalize` run inside the jitted step.
 
-Not here: the data sets themselves (`ecg_synth`, `ecg_images`) and the image ops (`transforms`).
+Not here: the data sets themselves (`ecg_synth`, `ecg_images`), the host image ops (`transforms`) and
+the augmentation ops (`augment`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,6 +29,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from ecgjax.data import decoded as decoded_lib
 from ecgjax.data import features as features_lib
 from ecgjax.data import transforms
 
@@ -93,11 +97,11 @@ class Source:
   def __init__(self, builder: tfds.core.DatasetBuilder, splits: Sequence[str]):
     self.builder = builder
     self.splits = tuple(splits)
-    self._sources = [
+    self.split_sources = [
         builder.as_data_source(split=s, decoders={"image": tfds.decode.SkipDecoding()})
         for s in self.splits
     ]
-    self._offsets = np.cumsum([0] + [len(s) for s in self._sources])
+    self._offsets = np.cumsum([0] + [len(s) for s in self.split_sources])
 
   def __len__(self) -> int:
     return int(self._offsets[-1])
@@ -105,7 +109,7 @@ class Source:
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     part = int(np.searchsorted(self._offsets, index, side="right")) - 1
-    return self._sources[part][index - int(self._offsets[part])]
+    return self.split_sources[part][index - int(self._offsets[part])]
 
   def labels(self) -> np.ndarray:
     """All labels, in index order (reads the records; fine for data sets of this size)."""
@@ -137,6 +141,7 @@ class Preprocess(grain.transforms.Map):
 
   def __init__(self, data_config: ml_collections.ConfigDict):
     self.image_size = tuple(data_config.image_size)
+    self.grayscale = bool(data_config.grayscale)
     spec = f"resize({self.image_size[0]}, {self.image_size[1]}, mode={data_config.resize_mode!r})"
     if data_config.grayscale:
       spec += "|grayscale"
@@ -156,26 +161,23 @@ class Preprocess(grain.transforms.Map):
     return transforms.apply(self._ops, image, np.random.default_rng(0))
 
 
-class Augment(grain.transforms.RandomMap):
-  """The training augmentation chain of `config.data.augment`, seeded per example by grain."""
+class Gather(grain.transforms.Map):
+  """A batch of indices to the batch of decoded examples at them."""
 
-  def __init__(self, spec: str):
-    self.spec = spec
-    transforms.parse(spec)  # Fail on a bad spec now, not in a worker.
-    self._ops = None
+  def __init__(self, decoded: decoded_lib.DecodedImages):
+    self.decoded = decoded
 
-  def random_map(self, example, rng: np.random.Generator):
-    if self._ops is None:
-      self._ops = transforms.parse(self.spec)
-    return {**example, "image": transforms.apply(self._ops, example["image"], rng)}
+  def map(self, indices):
+    return self.decoded.gather(indices)
 
 
 def _ensure_flags_parsed() -> None:
-  """grain reads absl flags when it starts workers, and in them; outside an absl app (a notebook,
-  pytest, a worker process) nothing has parsed them, so take the defaults."""
+  """grain reads absl flags when it starts workers, and in them. Outside an absl app (a notebook,
+  pytest) or in a worker process, nothing has parsed them: take the defaults without validating,
+  since a worker started from `python -m ecgjax.main` defines that entry point's required flags."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
-    flags.FLAGS(["ecgjax"], known_only=True)
+    flags.FLAGS.mark_as_parsed()
 
 
 def _worker_init(worker_index: int, worker_count: int) -> None:
@@ -183,19 +185,56 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
   _ensure_flags_parsed()
 
 
-def train_dataset(source: Source, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
-                  seed: int, augment: bool = True, process_index: int | None = None,
+class ShuffledBatches:
+  """The index batches of an endless run of epochs, for `grain.MapDataset.source`.
+
+  Element k is batch k: epoch k // per_epoch, a fresh permutation of the examples seeded by
+  (seed, epoch), cut into global batches; the last partial batch of an epoch is dropped, so every
+  epoch has `len(examples) // global_batch_size` steps. A process takes every `process_count`-th
+  index of the global batch. Shuffling whole epochs at once costs microseconds a batch, where grain's
+  per-example shuffle costs about 80 us an example (`experiments/benchmark_pipeline.py` prints both).
+  """
+
+  def __init__(self, num_examples: int, local_batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    self.num_examples = int(num_examples)
+    self.global_batch_size = int(local_batch_size) * int(process_count)
+    self.per_epoch = self.num_examples // self.global_batch_size
+    if self.per_epoch == 0:
+      raise ValueError(f"{self.num_examples} training examples are fewer than one global batch of "
+                       f"{self.global_batch_size}; lower config.train.batch_size.")
+    self.seed = int(seed)
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self._cache: tuple[int, np.ndarray] | None = None
+
+  def __len__(self) -> int:
+    return sys.maxsize  # Endless; as `repeat(None)` does.
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    cached = self._cache
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      self._cache = cached  # One tuple assignment: safe with several reading threads.
+    return cached[1]
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    epoch, position = divmod(int(index), self.per_epoch)
+    start = position * self.global_batch_size
+    batch = self.permutation(epoch)[start:start + self.global_batch_size]
+    return batch[self.process_index::self.process_count]
+
+
+def train_dataset(decoded: decoded_lib.DecodedImages, data_config: ml_collections.ConfigDict, *,
+                  local_batch_size: int, seed: int, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
-  """An endless stream of training batches for this process: shuffled anew each epoch."""
+  """An endless stream of this process's training batches, shuffled anew each epoch and
+  unaugmented (augmentation runs in the train step). grain iterates, prefetches, runs workers and
+  checkpoints the position."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source)
-  ds = ds.seed(seed).shuffle().repeat(None)  # Shuffle before repeat: epochs do not mix.
-  ds = ds[process_index::process_count]
-  ds = ds.map(Preprocess(data_config))
-  if augment and data_config.augment:
-    ds = ds.random_map(Augment(data_config.augment))
-  ds = ds.batch(local_batch_size, drop_remainder=True)
+  ds = grain.MapDataset.source(ShuffledBatches(len(decoded), local_batch_size, seed,
+                                               process_index, process_count))
+  ds = ds.map(Gather(decoded))
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_config.read_threads),
                                                  prefetch_buffer_size=int(data_config.prefetch)))
   if data_config.worker_count:
@@ -206,39 +245,33 @@ def train_dataset(source: Source, data_config: ml_collections.ConfigDict, *, loc
   return iter_ds
 
 
-def eval_batches(source: Source, data_config: ml_collections.ConfigDict, *, local_batch_size: int,
+def eval_batches(decoded: decoded_lib.DecodedImages, *, local_batch_size: int,
                  process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Every example of `source` exactly once, in order, in padded batches with a `mask`.
+  """Every example of `decoded` exactly once, in order, in padded batches with a `mask`.
 
   Each process takes a strided slice; all processes yield the same number of batches (padding where
   needed), as the jitted step over the global batch requires.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  per_process = -(-len(source) // process_count)
+  indices = np.arange(len(decoded))[process_index::process_count]
+  per_process = -(-len(decoded) // process_count)
   num_batches = -(-per_process // local_batch_size)
-  ds = grain.MapDataset.source(source)[process_index::process_count].map(Preprocess(data_config))
-  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_config.read_threads),
-                                                 prefetch_buffer_size=int(data_config.prefetch)))
-  examples = iter(iter_ds)
-  h, w = data_config.image_size
-  channels = 1 if data_config.grayscale else 3
-  for _ in range(num_batches):
-    images = np.zeros((local_batch_size, h, w, channels), np.uint8)
-    labels = np.zeros((local_batch_size,), np.int32)
-    mask = np.zeros((local_batch_size,), bool)
-    for i in range(local_batch_size):
-      example = next(examples, None)
-      if example is None:
-        break
-      images[i], labels[i], mask[i] = example["image"], example["label"], True
+  for b in range(num_batches):
+    chunk = indices[b * local_batch_size:(b + 1) * local_batch_size]
+    batch = decoded.gather(chunk)
+    pad = local_batch_size - len(chunk)
+    images = np.concatenate([batch["image"],
+                             np.zeros((pad,) + decoded.image_shape, np.uint8)])
+    labels = np.concatenate([batch["label"], np.zeros((pad,), np.int32)])
+    mask = np.arange(local_batch_size) < len(chunk)
     yield {"image": images, "label": labels, "mask": mask}
 
 
 def normalize(images: jax.Array, value_range: Sequence[float] = (-1.0, 1.0),
               dtype: Any = jnp.float32) -> jax.Array:
-  """uint8 [0, 255] images to `value_range`; runs inside jit."""
+  """Images on the 0..255 scale (uint8, or float after augmentation) to `value_range`; in jit."""
   lo, hi = value_range
   return (images.astype(dtype) * ((hi - lo) / 255.0) + lo).astype(dtype)
 

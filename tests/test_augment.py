@@ -1,0 +1,261 @@
+"""On-device augmentation: each op on its own, against the PIL operation it replaced, and in the step.
+
+The PIL operations here are the oracle: the same parameters must give images close in pixels (not
+bit-equal: PIL rounds to uint8 and approximates a Gaussian blur by box blurs).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from ecgjax.data import augment
+
+AUGMENTATIONS = {
+    "rotate": "rotate(5)", "scale": "scale(0.1)", "translate": "translate(0.1)",
+    "perspective": "perspective(0.05)", "brightness": "brightness(0.2)",
+    "contrast": "contrast(0.3)", "blur": "blur(2, p=1.0)", "noise": "noise(8)",
+}
+ZERO_STRENGTH = ["rotate(0)", "scale(0)", "translate(0)", "perspective(0)", "brightness(0)",
+                 "contrast(0)", "blur(0, p=1.0)", "noise(0)"]
+PAPER = (250, 240, 240)
+GRID = (235, 170, 175)
+
+
+def _page(channels: int = 3, h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+  """Paper with a grid and a trace: enough structure for every op to change something."""
+  rng = np.random.default_rng(seed)
+  image = np.empty((h, w, 3), np.uint8)
+  image[...] = PAPER
+  image[::8] = GRID
+  image[:, ::8] = GRID
+  rows = (h // 2 + 10 * np.sin(np.arange(w) / 6) + rng.normal(0, 2, w)).astype(int)
+  image[rows, np.arange(w)] = 0
+  image[rows + 1, np.arange(w)] = 0
+  return image[..., :1] if channels == 1 else image
+
+
+def _run(spec: str, images: np.ndarray, seed: int = 0) -> np.ndarray:
+  batch = images[None] if images.ndim == 3 else images
+  out = jax.jit(augment.parse(spec).apply)(jnp.asarray(batch), jax.random.key(seed))
+  out = np.asarray(out)
+  return out[0] if images.ndim == 3 else out
+
+
+def _warp_one(image: np.ndarray, maps: jax.Array, fill) -> np.ndarray:
+  fill = jnp.asarray(np.broadcast_to(np.asarray(fill, np.float32), (1, image.shape[-1])))
+  return np.asarray(augment.warp(jnp.asarray(image[None]), maps.reshape(1, 3, 3), fill))[0]
+
+
+def _close_to(out: np.ndarray, reference: np.ndarray, mean: float, p99: float) -> None:
+  diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
+  assert diff.mean() <= mean and np.percentile(diff, 99) <= p99, (diff.mean(),
+                                                                  np.percentile(diff, 99))
+
+
+# -- the registry and the spec ------------------------------------------------------------------
+
+
+def test_every_augmentation_is_registered_and_no_flip():
+  assert set(AUGMENTATIONS) == set(augment.available())
+  assert not [name for name in augment.available() if "flip" in name]
+  assert augment.MAX_ROTATION_DEGREES <= 10
+
+
+@pytest.mark.parametrize("spec,field", [
+    ("rotate(45)", "rotate max_degrees"), ("scale(0.9)", "scale max_fraction"),
+    ("brightness(-1)", "brightness max_delta"), ("blur(1, p=2)", "blur p"),
+    ("jpeg(50)", "unknown op 'jpeg'"), ("rotate(2", "cannot parse"),
+    ("rotate(x=1)", "rotate"), ("rotate('a')", "rotate max_degrees")])
+def test_bad_specs_name_the_field_and_the_value(spec, field):
+  with pytest.raises(ValueError, match="config.data.augment") as error:
+    augment.parse(spec)
+  assert field in str(error.value)
+
+
+def test_spec_parses_positional_and_keyword_probability():
+  aug = augment.parse("rotate(2)|blur(1.5)|noise(3, 0.25)|contrast(0.1, p=0.5)")
+  assert [op.name for op in aug.ops] == ["rotate", "blur", "noise", "contrast"]
+  assert [op.p for op in aug.ops] == [1.0, 0.5, 0.25, 0.5]
+  assert not augment.parse("") and not augment.parse("none")
+  # Hashable and equal by value: the jitted step takes it as a static argument.
+  assert hash(aug) == hash(augment.parse("rotate(2)|blur(1.5)|noise(3, 0.25)|contrast(0.1, p=0.5)"))
+
+
+# -- every op: shape, dtype, determinism by key, identity at zero ------------------------------
+
+
+@pytest.mark.parametrize("spec", AUGMENTATIONS.values())
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shape_dtype_and_determinism(spec, channels):
+  images = np.stack([_page(channels, seed=s) for s in range(3)])
+  out = _run(spec, images, seed=3)
+  assert out.shape == images.shape and out.dtype == np.float32
+  assert out.min() >= 0 and out.max() <= 255
+  np.testing.assert_array_equal(out, _run(spec, images, seed=3))
+  assert not np.allclose(out, images, atol=0.5), f"{spec} did nothing"
+  assert not np.allclose(out, _run(spec, images, seed=4)), f"{spec} ignores the key"
+  # Each example draws its own strength: the same page twice in a batch comes out differently.
+  twice = np.stack([images[0], images[0]])
+  pair = _run(spec, twice, seed=3)
+  assert not np.allclose(pair[0], pair[1]), f"{spec} draws one strength per batch"
+
+
+@pytest.mark.parametrize("spec", ZERO_STRENGTH)
+def test_identity_at_zero_strength(spec):
+  image = _page()
+  np.testing.assert_allclose(_run(spec, image), image, atol=1e-3)
+
+
+@pytest.mark.parametrize("spec", ["rotate(5)", "scale(0.2)", "brightness(0.3)", "blur(2)",
+                                  "noise(10)"])
+def test_probability_zero_is_identity(spec):
+  image = _page()
+  np.testing.assert_allclose(_run(spec.replace(")", ", p=0.0)"), image), image, atol=1e-3)
+
+
+def test_probability_acts_on_that_share_of_examples():
+  images = np.repeat(_page()[None], 200, axis=0)
+  out = _run("brightness(0.3, p=0.25)", images, seed=1)
+  changed = np.abs(out - images).reshape(200, -1).max(axis=1) > 0.5
+  assert 0.15 < changed.mean() < 0.35
+
+
+# -- geometric ops against PIL ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("degrees", [3.0, -7.5])
+def test_rotation_matches_pil_rotate(degrees):
+  image = _page(w=160)
+  out = _warp_one(image, augment.rotation_map(jnp.float32(degrees), (96, 160)), PAPER)
+  reference = np.asarray(Image.fromarray(image).rotate(
+      degrees, resample=Image.Resampling.BILINEAR, fillcolor=PAPER))
+  _close_to(out, reference, mean=0.35, p99=1.01)
+
+
+def test_rotation_by_a_known_angle_moves_a_horizontal_line():
+  h, w = 101, 201
+  image = np.full((h, w, 3), 255, np.uint8)
+  image[50] = 0  # a horizontal line through the centre
+  angle = 3.0
+  out = _warp_one(image, augment.rotation_map(jnp.float32(angle), (h, w)), 255)
+  # Anticlockwise on screen: the right end rises (smaller row), the left end falls.
+  dx = 80
+  expected = dx * np.tan(np.deg2rad(angle))
+  for column, row in ((100 + dx, 50 - expected), (100 - dx, 50 + expected)):
+    dark = out[:, column, 0] < 128
+    assert np.flatnonzero(dark).mean() == pytest.approx(row, abs=1.0)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.15])
+def test_scale_matches_pil_affine_about_the_centre(factor):
+  image = _page()
+  h, w = image.shape[:2]
+  out = _warp_one(image, augment.scale_map(jnp.float32(factor), (h, w)), PAPER)
+  cx, cy = w / 2, h / 2
+  coeffs = (1 / factor, 0, cx - cx / factor, 0, 1 / factor, cy - cy / factor)
+  reference = np.asarray(Image.fromarray(image).transform(
+      (w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR,
+      fillcolor=PAPER))
+  _close_to(out, reference, mean=0.35, p99=1.01)
+  # The square in the middle grows by the factor squared in area.
+  square = np.full((101, 101, 3), 255, np.uint8)
+  square[40:61, 40:61] = 0
+  zoomed = _warp_one(square, augment.scale_map(jnp.float32(factor), (101, 101)), 255)
+  assert (zoomed[..., 0] < 128).sum() == pytest.approx(21**2 * factor**2, rel=0.1)
+
+
+def test_translation_matches_pil_and_moves_content():
+  image = _page()
+  h, w = image.shape[:2]
+  dx, dy = 7.3, -4.6
+  out = _warp_one(image, augment.translation_map(jnp.float32(dx), jnp.float32(dy)), PAPER)
+  reference = np.asarray(Image.fromarray(image).transform(
+      (w, h), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy),
+      resample=Image.Resampling.BILINEAR, fillcolor=PAPER))
+  _close_to(out, reference, mean=0.35, p99=1.01)
+  square = np.full((100, 100, 3), 255, np.uint8)
+  square[45:55, 45:55] = 0
+  moved = _warp_one(square, augment.translation_map(jnp.float32(dx), jnp.float32(dy)), 255)
+  rows, cols = np.nonzero(moved[..., 0] < 128)
+  assert cols.mean() == pytest.approx(49.5 + dx, abs=0.6)
+  assert rows.mean() == pytest.approx(49.5 + dy, abs=0.6)
+
+
+def _pil_perspective_coefficients(moves: np.ndarray, w: int, h: int) -> np.ndarray:
+  corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+  rows, rhs = [], []
+  for (x, y), (u, v) in zip(corners + moves, corners):
+    rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+    rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    rhs.extend([u, v])
+  return np.linalg.solve(np.array(rows), np.array(rhs))
+
+
+def test_perspective_matches_pil_perspective():
+  image = _page()
+  h, w = image.shape[:2]
+  moves = np.random.default_rng(2).uniform(-0.05, 0.05, size=(4, 2)) * (w, h)
+  out = _warp_one(image, augment.perspective_map(jnp.asarray(moves, jnp.float32), (h, w)), PAPER)
+  reference = np.asarray(Image.fromarray(image).transform(
+      (w, h), Image.Transform.PERSPECTIVE, tuple(_pil_perspective_coefficients(moves, w, h)),
+      resample=Image.Resampling.BILINEAR, fillcolor=PAPER))
+  _close_to(out, reference, mean=0.35, p99=1.01)
+
+
+def test_exposed_borders_are_paper_not_black():
+  image = _page()
+  for spec in ["rotate(8)", "scale(0.3)", "translate(0.3)", "perspective(0.2)"]:
+    out = _run(spec, np.stack([image] * 4), seed=1)
+    corners = np.stack([out[:, 0, 0], out[:, 0, -1], out[:, -1, 0], out[:, -1, -1]])
+    # Every corner is either paper (the fill) or the paper of the moved page.
+    assert corners.min() > 150, f"{spec} filled a corner with {corners.tolist()}"
+  fill = np.asarray(augment.paper_colour(jnp.asarray(image[None])))[0]
+  np.testing.assert_allclose(fill, PAPER, atol=1.0)  # Grid and trace at the edge are ignored.
+
+
+def test_consecutive_geometric_ops_resample_once():
+  # Rotating by +a then -a in one spec is the identity map, so the image comes back nearly exact;
+  # two separate resamplings would blur it.
+  image = _page()
+  maps = augment.rotation_map(jnp.float32(4.0), (96, 128)) @ augment.rotation_map(
+      jnp.float32(-4.0), (96, 128))
+  np.testing.assert_allclose(_warp_one(image, maps, PAPER), image, atol=1e-2)
+
+
+# -- photometric ops ------------------------------------------------------------------------------
+
+
+def test_brightness_and_contrast_match_their_numpy_definitions():
+  image = _page().astype(np.float32)[None]
+  out = np.asarray(augment.adjust_brightness(jnp.asarray(image), jnp.array([-30.0])))
+  np.testing.assert_allclose(out, np.clip(image - 30, 0, 255), atol=1e-4)
+  out = np.asarray(augment.adjust_contrast(jnp.asarray(image), jnp.array([1.4])))
+  mean = image.mean()
+  np.testing.assert_allclose(out, np.clip(mean + (image - mean) * 1.4, 0, 255), atol=1e-2)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.5, 3.0])
+def test_blur_matches_pil_gaussian_blur(sigma):
+  image = _page()
+  out = np.asarray(augment.gaussian_blur(jnp.asarray(image[None], jnp.float32),
+                                         jnp.array([sigma], jnp.float32),
+                                         radius=int(np.ceil(3 * sigma))))[0]
+  reference = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+  _close_to(out, reference, mean=1.6, p99=11.0)
+  # Blurring lowers high-frequency energy.
+  energy = lambda x: float((np.diff(x[..., 0].astype(float), axis=0)**2).mean())
+  assert energy(out) < 0.8 * energy(image)
+
+
+def test_noise_has_the_drawn_standard_deviation():
+  image = np.full((1, 64, 64, 1), 128, np.uint8)
+  out = _run("noise(20)", np.repeat(image, 64, axis=0), seed=5)
+  residual = (out - 128).reshape(64, -1)
+  stds = residual.std(axis=1)
+  assert abs(residual.mean()) < 0.2
+  assert stds.min() >= 0 and stds.max() <= 20.5
+  assert 7 < stds.mean() < 13  # Uniform in [0, 20]: mean 10.
