@@ -17,14 +17,38 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` when launched as one of several processes.
+  """Joins a multi-process run when launched as one of several processes; a single one needs nothing.
 
-  Cluster environments (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
-  JAX_PROCESS_ID) are detected by JAX itself; a single process needs nothing.
+  With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (e.g. two processes on one
+  machine, or a cluster without auto-detection), they are passed to `jax.distributed.initialize`
+  explicitly (jax 0.10 does not read the last two itself). Otherwise, in a cluster JAX recognises
+  (SLURM, TPU pods, GKE), JAX detects the processes itself. On CPU the processes talk over gloo.
   """
-  multi = any(os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                                          "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
-  if multi and not jax.distributed.is_initialized():
+  if jax.distributed.is_initialized():
+    return
+  env = os.environ
+  explicit = {k: env.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                                       "JAX_PROCESS_ID")}
+  cluster = any(env.get(k) for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
+                                     "MEGASCALE_COORDINATOR_ADDRESS"))
+  if not any(explicit.values()) and not cluster:
+    return
+  # CPU devices of several processes need a collectives library; it does not touch accelerators.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if all(explicit.values()):
+    try:
+      num, index = int(explicit["JAX_NUM_PROCESSES"]), int(explicit["JAX_PROCESS_ID"])
+    except ValueError as e:
+      raise ValueError(f"JAX_NUM_PROCESSES={explicit['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
+                       f"{explicit['JAX_PROCESS_ID']!r} must be integers.") from e
+    if not 0 <= index < num:
+      raise ValueError(f"JAX_PROCESS_ID={index} must be in 0..{num - 1} (JAX_NUM_PROCESSES={num}).")
+    jax.distributed.initialize(explicit["JAX_COORDINATOR_ADDRESS"], num, index)
+  elif any(explicit.values()) and not cluster:
+    missing = [k for k, v in explicit.items() if not v]
+    raise ValueError(f"Set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID for "
+                     f"a multi-process run; missing {missing}.")
+  else:
     jax.distributed.initialize()
 
 
