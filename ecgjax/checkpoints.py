@@ -22,6 +22,7 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ecgjax import models
@@ -149,11 +150,22 @@ def load_model(workdir: str, which: str | int = "best",
   config = read_config(workdir)
   manager = make_manager(workdir, keep=int(config.train.keep_checkpoints))
   step = select_step(manager, which)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Onto this process's first device: in a multi-process run every process restores (orbax's
+  # restore is collective) and then computes with its own copy, needing no other process.
+  target = _local_target(os.path.join(manager.directory, str(step), "state"))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   state = restored["state"]
   model = (model_factory or (lambda c: models.create_model(c.model)))(config)
   manager.close()
   return LoadedModel(config=config, model=model, variables=inference_variables(state), step=step)
+
+
+def _local_target(directory: str) -> Any:
+  """The abstract tree of the state saved in `directory`, every array on this process's device."""
+  tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory)).tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree)
 
 
 def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]) -> dict[str, LoadedModel]:

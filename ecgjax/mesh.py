@@ -8,12 +8,15 @@ process then loads its own slice of every global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def initialize_distributed() -> None:
@@ -50,6 +53,20 @@ def initialize_distributed() -> None:
                      f"a multi-process run; missing {missing}.")
   else:
     jax.distributed.initialize()
+
+
+def first_process_first(fn: Callable[[], T], what: str) -> T:
+  """Runs `fn` in process 0, then, after a barrier, in every other process.
+
+  For work whose result lands on a shared disk (building a data set, decoding its pages): process 0
+  does it, the others then find it done. A single process just calls `fn`.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  result = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f"ecgjax: {what}")
+  return fn() if jax.process_index() != 0 else result
 
 
 def make_mesh() -> Mesh:

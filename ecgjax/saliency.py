@@ -576,9 +576,13 @@ def write_test_maps(workdir: str, source: pipeline.Source,
   """Maps of the first `config.saliency.num_pages` pages of `source` under `workdir/saliency/`.
 
   Uses the checkpoint the test report uses (`config.eval.checkpoint`) and `config.saliency.method`.
+  In a multi-process run every process must call it (the restore is collective); process 0 alone
+  computes and writes the maps, the others return an empty dict.
   """
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
   loaded = checkpoints.load_model(workdir, config.eval.checkpoint)
+  if jax.process_index() != 0:
+    return {}
   num = min(int(config.saliency.num_pages), len(source))
   pages = []
   for i in range(num):

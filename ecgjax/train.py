@@ -247,7 +247,8 @@ def _init_from(state: TrainState, workdir: str) -> TrainState:
     for k, v in flat.items():
       src = source.get(f"{collection}/{k}")
       if src is not None and src.shape == v.shape:
-        flat[k] = jnp.asarray(src, v.dtype)
+        # Host values: `device_put` then replicates them over the devices of every process.
+        flat[k] = np.asarray(src, v.dtype)
         copied += 1
       else:
         skipped.append(f"{collection}/{k}")
@@ -275,15 +276,17 @@ class Trainer:
     self.local_batch = mesh_lib.local_batch_size(config.train.batch_size, self.mesh)
     self.local_eval_batch = mesh_lib.local_batch_size(config.eval.batch_size, self.mesh,
                                                       "config.eval.batch_size")
-    self.builder = pipeline.prepare(config.dataset)
+    self.builder = mesh_lib.first_process_first(lambda: pipeline.prepare(config.dataset),
+                                                "data set built")
     splits = pipeline.fold_splits(config.data)
     self.sources = {name: pipeline.Source(self.builder, s)
                     for name, s in (("train", splits.train), ("val", splits.val),
                                     ("test", splits.test)) if s}
     self.augmentation = augment.parse(config.data.augment)
     # Each page decoded and resized once (cached beside the data set), gathered by index.
-    self.data = {name: decoded_lib.load(source, config.data)
-                 for name, source in self.sources.items()}
+    self.data = mesh_lib.first_process_first(
+        lambda: {name: decoded_lib.load(source, config.data)
+                 for name, source in self.sources.items()}, "pages decoded")
     self.train_labels = self.data["train"].labels
     self.steps_per_epoch = len(self.sources["train"]) // config.train.batch_size
     if self.steps_per_epoch == 0:
@@ -364,9 +367,11 @@ class Trainer:
     if self.backbones:
       params, batch_stats = dict(state.params), dict(state.batch_stats)
       for key, backbone in self.backbones.items():
-        params[f"backbone_{key}"] = backbone.variables["params"]
-        if "batch_stats" in backbone.variables:
-          batch_stats[f"backbone_{key}"] = backbone.variables["batch_stats"]
+        # Restored on this process's device; as host values they replicate over every process's.
+        variables = jax.device_get(backbone.variables)
+        params[f"backbone_{key}"] = variables["params"]
+        if "batch_stats" in variables:
+          batch_stats[f"backbone_{key}"] = variables["batch_stats"]
       state = jax.device_put(
           state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),
                         eval_batch_stats=_copy(batch_stats), opt_state=self.tx.init(params)),
@@ -533,9 +538,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Test (%s, checkpoint %s at step %d): accuracy %.4f, balanced accuracy %.4f, "
                  "macro-F1 %.4f. Report: %s", rep["split"], config.eval.checkpoint, step,
                  rep["accuracy"], rep["balanced_accuracy"], rep["macro_f1"], outputs["report"])
-    if config.saliency.num_pages:
-      from ecgjax import saliency  # pylint: disable=g-import-not-at-top
-      outputs["saliency"] = saliency.write_test_maps(workdir, trainer.sources["test"], config)
+  if config.saliency.num_pages:
+    from ecgjax import saliency  # pylint: disable=g-import-not-at-top
+    # Every process takes part in restoring the model; process 0 alone draws and writes the maps.
+    maps = saliency.write_test_maps(workdir, trainer.sources["test"], config)
+    if jax.process_index() == 0:
+      outputs["saliency"] = maps
+  if jax.process_index() == 0:
     rep["outputs"] = outputs
   return rep
 

@@ -93,7 +93,9 @@ def run_jax(model_name: str, batch: int, size: int, steps: int, repeats: int,
   eval_batch = mesh_lib.to_global({"image": images, "label": labels,
                                    "mask": np.ones(batch, bool)}, trainer.mesh)
   state = trainer.initial_state()
-  variables = checkpoints.inference_variables(train._as_dict(state))  # pylint: disable=protected-access
+  # A copy: the train step donates (deletes) the state it is given.
+  variables = jax.tree_util.tree_map(
+      lambda x: x.copy(), checkpoints.inference_variables(train._as_dict(state)))  # pylint: disable=protected-access
   start = time.perf_counter()
   train_step = trainer.train_step.lower(state, train_batch).compile()
   eval_step = trainer.eval_step.lower(variables, eval_batch).compile()

@@ -190,8 +190,10 @@ class ShuffledBatches:
 
   Element k is batch k: epoch k // per_epoch, a fresh permutation of the examples seeded by
   (seed, epoch), cut into global batches; the last partial batch of an epoch is dropped, so every
-  epoch has `len(examples) // global_batch_size` steps. A process takes every `process_count`-th
-  index of the global batch. Shuffling whole epochs at once costs microseconds a batch, where grain's
+  epoch has `len(examples) // global_batch_size` steps. Process p takes the p-th contiguous part
+  of the global batch: the rows its devices hold in the global array, so a run over several
+  processes sees every example in the same row as one process with as many devices (and draws the
+  same augmentation and dropout for it). Shuffling whole epochs at once costs microseconds a batch, where grain's
   per-example shuffle costs about 80 us an example (`experiments/benchmark_pipeline.py` prints both).
   """
 
@@ -220,8 +222,9 @@ class ShuffledBatches:
   def __getitem__(self, index: int) -> np.ndarray:
     epoch, position = divmod(int(index), self.per_epoch)
     start = position * self.global_batch_size
-    batch = self.permutation(epoch)[start:start + self.global_batch_size]
-    return batch[self.process_index::self.process_count]
+    local = self.global_batch_size // self.process_count
+    start += self.process_index * local
+    return self.permutation(epoch)[start:start + local]
 
 
 def train_dataset(decoded: decoded_lib.DecodedImages, data_config: ml_collections.ConfigDict, *,
