@@ -41,7 +41,8 @@ def run(config: str, processes: int, devices: int, overrides: list[str]) -> tupl
                JAX_NUM_PROCESSES=str(processes))
   start = time.perf_counter()
   procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=dict(env, JAX_PROCESS_ID=str(i)))
+                            text=True,
+                            env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env)
            for i in range(processes)]
   errors = [p.communicate()[1] for p in procs]
   seconds = time.perf_counter() - start

@@ -75,7 +75,7 @@ def _same_report(a, b):
     np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
 
 
-def test_two_processes_equal_one_process_with_two_devices(tfds_data_dir, tmp_path):
+def test_two_processes_equal_one_with_two_devices_and_resume_after_a_stop(tfds_data_dir, tmp_path):
   one = str(tmp_path / "one")
   two = str(tmp_path / "two")
   (log_one,) = _launch(one, tfds_data_dir, 1, 2)
@@ -94,23 +94,20 @@ def test_two_processes_equal_one_process_with_two_devices(tfds_data_dir, tmp_pat
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
       os.listdir(os.path.join(checkpoint, "data")))  # Each process's iterator position.
 
-
-def test_two_processes_stopped_after_a_checkpoint_resume_to_the_same_end(tfds_data_dir, tmp_path):
-  straight = str(tmp_path / "straight")
+  # Stopped in both processes at step 5, one step after the checkpoint at step 4, as if killed,
+  # then started again: the same losses from step 5 on and the same report as the straight run.
   resumed = str(tmp_path / "resumed")
-  logs_straight = _launch(straight, tfds_data_dir, 2, 1, "--config.saliency.num_pages=0")
-  # Stopped in both processes at step 5, one step after the checkpoint at step 4, as if killed.
   _launch(resumed, tfds_data_dir, 2, 1, "--config.saliency.num_pages=0",
           "--config.train.stop_at_step=5")
   assert not os.path.exists(os.path.join(resumed, "eval"))
   logs_resumed = _launch(resumed, tfds_data_dir, 2, 1, "--config.saliency.num_pages=0")
   assert "Resuming from the checkpoint at step 4" in logs_resumed[0]
   assert "Resuming from the checkpoint at step 4" in logs_resumed[1]
-  expected, after = _losses(logs_straight[0]), _losses(logs_resumed[0])
-  assert min(after) == 5 and max(after) == max(expected)
+  after = _losses(logs_resumed[0])
+  assert min(after) == 5 and max(after) == max(steps)
   np.testing.assert_allclose([after[s] for s in sorted(after)],
-                             [expected[s] for s in sorted(after)], rtol=1e-6)
-  _same_report(_report(resumed), _report(straight))
+                             [losses_two[s] for s in sorted(after)], rtol=1e-6)
+  _same_report(_report(resumed), _report(two))
 
 
 _FUSION_SCRIPT = """

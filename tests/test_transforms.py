@@ -45,7 +45,9 @@ def test_grayscale_is_pil_luminance():
 
 
 def test_bad_specs_are_errors_naming_the_op():
-  for spec, message in [("resize(1, 2, mode='crop')", "resize mode"), ("rotate(2)", "Unknown"),
-                        ("resize(1", "Cannot parse"), ("resize(1, 2, 3, 4, 5)", "Bad arguments")]:
+  for spec, message in [("resize(1, 2, mode='crop')", "resize mode"),
+                        ("rotate(2)", "unknown op 'rotate'"), ("resize(1", "cannot parse"),
+                        ("resize(1, 2, 3, 4, 5)", "bad arguments for 'resize'"),
+                        ("resize(a=)", "bad arguments")]:
     with pytest.raises(ValueError, match=message):
       transforms.parse(spec)

@@ -22,15 +22,15 @@ happen once per run on the host (`ecgjax.data.decoded`).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
-import re
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ecgjax.data import transforms
 
 # A page is photographed a little askew, never sideways: larger angles make leads cross rows.
 MAX_ROTATION_DEGREES = 10.0
@@ -430,39 +430,20 @@ class Augmentation:
     return out
 
 
-_OP_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
 def parse(spec: str | None) -> Augmentation:
   """Builds the `Augmentation` of `spec` ("name(args)|name|..."); "" or "none" gives none."""
-  spec = (spec or "").strip()
-  if spec.lower() in ("", "none"):
-    return Augmentation()
+  context = f"config.data.augment={spec!r}"
   ops = []
-  for part in spec.split("|"):
-    match = _OP_RE.match(part)
-    if not match:
-      raise ValueError(f"config.data.augment={spec!r}: cannot parse {part!r}; expected "
-                       "name(args).")
-    name, arg_text = match.group(1), match.group(2)
-    if name not in _REGISTRY:
-      raise ValueError(f"config.data.augment={spec!r}: unknown op {name!r}; available: "
-                       f"{', '.join(available())}.")
-    try:
-      call = ast.parse(f"f({arg_text or ''})", mode="eval").body
-      args = [ast.literal_eval(a) for a in call.args]
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as e:
-      raise ValueError(f"config.data.augment={spec!r}: bad arguments for {name!r}: {e}") from e
+  for name, args, kwargs in transforms.parse_calls(spec, _REGISTRY, context):
     cls = _REGISTRY[name]
     strength = [f.name for f in dataclasses.fields(cls) if f.name != "p"]
     if len(args) > 2 or (len(args) == 2 and "p" in kwargs):
-      raise ValueError(f"config.data.augment={spec!r}: {name} takes ({strength[0]}, p=...).")
+      raise ValueError(f"{context}: {name} takes ({strength[0]}, p=...).")
     kwargs.setdefault("p", args[1] if len(args) == 2 else _DEFAULT_P.get(name, 1.0))
     if args:
       kwargs[strength[0]] = args[0]
     try:
       ops.append(cls(**kwargs))
     except (TypeError, ValueError) as e:
-      raise ValueError(f"config.data.augment={spec!r}: {e}") from e
+      raise ValueError(f"{context}: {e}") from e
   return Augmentation(tuple(ops))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,30 +42,43 @@ def available() -> tuple[str, ...]:
 _OP_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 
 
-def parse(spec: str) -> list[Op]:
-  """Builds the ops of `spec` ("name(args)|name|..."); "" or "none" gives no ops."""
+def parse_calls(spec: str, known: Collection[str], context: str
+                ) -> list[tuple[str, list[Any], dict[str, Any]]]:
+  """Splits a spec "name(args)|name|..." into (name, args, kwargs); "" or "none" gives none.
+
+  Arguments are Python literals. Errors start with `context` (what the spec configures) and name the
+  part at fault; a name not in `known` is an error listing them.
+  """
   spec = (spec or "").strip()
   if spec.lower() in ("", "none"):
     return []
-  ops = []
+  calls = []
   for part in spec.split("|"):
     match = _OP_RE.match(part)
     if not match:
-      raise ValueError(f"Cannot parse transform {part!r} in spec {spec!r}; expected name(args).")
+      raise ValueError(f"{context}: cannot parse {part!r}; expected name(args).")
     name, arg_text = match.group(1), match.group(2)
-    if name not in _REGISTRY:
-      raise ValueError(
-          f"Unknown transform {name!r} in spec {spec!r}; available: {', '.join(available())}.")
+    if name not in known:
+      raise ValueError(f"{context}: unknown op {name!r}; available: {', '.join(sorted(known))}.")
     try:
       call = ast.parse(f"f({arg_text or ''})", mode="eval").body
       args = [ast.literal_eval(a) for a in call.args]
       kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
     except (SyntaxError, ValueError) as e:
-      raise ValueError(f"Bad arguments for transform {name!r} in spec {spec!r}: {e}") from e
+      raise ValueError(f"{context}: bad arguments for {name!r}: {e}") from e
+    calls.append((name, args, kwargs))
+  return calls
+
+
+def parse(spec: str) -> list[Op]:
+  """Builds the ops of `spec` ("name(args)|name|..."); "" or "none" gives no ops."""
+  context = f"Transform spec {spec!r}"
+  ops = []
+  for name, args, kwargs in parse_calls(spec, _REGISTRY, context):
     try:
       ops.append(_REGISTRY[name](*args, **kwargs))
     except TypeError as e:
-      raise ValueError(f"Bad arguments for transform {name!r} in spec {spec!r}: {e}") from e
+      raise ValueError(f"{context}: bad arguments for {name!r}: {e}") from e
   return ops
 
 
