@@ -271,6 +271,11 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = os.path.abspath(workdir)
+    # Checked before any data work: a bad spec or cache mode fails at once, naming the field.
+    self.augmentation = augment.parse(config.data.augment)
+    if config.data.cache not in decoded_lib.CACHE_MODES:
+      raise ValueError(f"config.data.cache={config.data.cache!r}; use one of "
+                       f"{decoded_lib.CACHE_MODES}.")
     self.mesh = mesh_lib.make_mesh()
     self.replicated = mesh_lib.replicated(self.mesh)
     self.local_batch = mesh_lib.local_batch_size(config.train.batch_size, self.mesh)
@@ -282,7 +287,6 @@ class Trainer:
     self.sources = {name: pipeline.Source(self.builder, s)
                     for name, s in (("train", splits.train), ("val", splits.val),
                                     ("test", splits.test)) if s}
-    self.augmentation = augment.parse(config.data.augment)
     # Each page decoded and resized once (cached beside the data set), gathered by index.
     self.data = mesh_lib.first_process_first(
         lambda: {name: decoded_lib.load(source, config.data)
