@@ -4,9 +4,10 @@
 device mesh with the batch sharded on `data` and everything else replicated: the same code runs on
 one CPU or a pod. Randomness comes in as keys folded with the step number, so a run resumed from a
 checkpoint (which includes the grain iterator state) ends with the same parameters as one never
-interrupted. The train step augments its batch itself (`config.data.augment`, `data.augment`), so the
-host only gathers decoded pages; and the loop never waits on the device between steps: whether the
-loss and parameters stayed finite travels in the metrics and is read at log and checkpoint steps.
+interrupted. The train step augments its batch itself (`config.data.augment`, ops of
+`ecgjax.data.augment`), so the host only gathers decoded pages; and the loop never waits on the
+device between steps: whether the loss and parameters stayed finite travels in the metrics and is
+read at log and checkpoint steps.
 
 Evaluation-mode statistics are made trustworthy in two ways, both configurable: the evaluated
 parameters are an exponential moving average of the trained ones (`train.ema_decay`), and before every

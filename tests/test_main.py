@@ -50,7 +50,8 @@ def test_worker_processes_from_the_command_line_give_the_same_report(tfds_data_d
     workdir = tmp_path / f"w{workers}"
     out = _run_main("--config=configs/cnn.py:smoke", f"--workdir={workdir}",
                     f"--config.dataset.data_dir={tfds_data_dir}",
-                    f"--config.data.worker_count={workers}", "--config.saliency.num_pages=0")
+                    f"--config.data.worker_count={workers}", "--config.saliency.num_pages=0",
+                    "--config.train.num_epochs=1")
     assert out.returncode == 0, out.stderr[-3000:]
     with open(workdir / "eval" / "report.json") as f:
       reports[workers] = json.load(f)
