@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,23 +34,9 @@ from ecgjax.data import transforms
 # A page is photographed a little askew, never sideways: larger angles make leads cross rows.
 MAX_ROTATION_DEGREES = 10.0
 
-_REGISTRY: dict[str, Callable[..., "Op"]] = {}
-
-
-def register(name: str):
-  """Registers an op class under `name`; its constructor takes the spec's arguments."""
-
-  def decorator(cls):
-    if name in _REGISTRY:
-      raise ValueError(f"Augmentation {name!r} is registered twice.")
-    _REGISTRY[name] = cls
-    return cls
-
-  return decorator
-
-
-def available() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+_REGISTRY = transforms.Registry("Augmentation")
+register = _REGISTRY.register
+available = _REGISTRY.available
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -221,9 +206,16 @@ def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array
 class Op:
   """An augmentation op; subclasses are frozen dataclasses, so an `Augmentation` is hashable."""
   p: float
+  bounds = (0.0, 0.0)  # The range of the op's one strength argument (its other field).
+
+  @classmethod
+  def strength_field(cls) -> str:
+    return next(f.name for f in dataclasses.fields(cls) if f.name != "p")
 
   def __post_init__(self):
     _check_range(f"{self.name} p", self.p, 0.0, 1.0)
+    field = self.strength_field()
+    _check_range(f"{self.name} {field}", getattr(self, field), *self.bounds)
 
   @property
   def name(self) -> str:
@@ -271,10 +263,7 @@ def _between(draws, low, high):
 class Rotate(GeometricOp):
   """Rotates about the centre by an angle uniform in [-max_degrees, max_degrees]."""
   max_degrees: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("rotate max_degrees", self.max_degrees, 0.0, MAX_ROTATION_DEGREES)
+  bounds = (0.0, MAX_ROTATION_DEGREES)  # Of max_degrees.
 
   def _maps(self, draws, hw):
     return rotation_map(_between(draws[:, 0], -self.max_degrees, self.max_degrees), hw)
@@ -288,10 +277,7 @@ class Scale(GeometricOp):
   The output keeps its size: zooming in crops the edges, zooming out shows paper around the page.
   """
   max_fraction: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("scale max_fraction", self.max_fraction, 0.0, 0.5)
+  bounds = (0.0, 0.5)  # Of max_fraction.
 
   def _maps(self, draws, hw):
     return scale_map(1.0 + _between(draws[:, 0], -self.max_fraction, self.max_fraction), hw)
@@ -302,10 +288,7 @@ class Scale(GeometricOp):
 class Translate(GeometricOp):
   """Shifts by up to `max_fraction` of the width and of the height, independently."""
   max_fraction: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("translate max_fraction", self.max_fraction, 0.0, 0.5)
+  bounds = (0.0, 0.5)  # Of max_fraction.
 
   num_draws = 2
 
@@ -320,10 +303,7 @@ class Translate(GeometricOp):
 class Perspective(GeometricOp):
   """A photograph taken off-axis: each corner moves by up to `max_fraction` of the side."""
   max_fraction: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("perspective max_fraction", self.max_fraction, 0.0, 0.25)
+  bounds = (0.0, 0.25)  # Of max_fraction.
 
   num_draws = 8
 
@@ -339,10 +319,7 @@ class Perspective(GeometricOp):
 class Brightness(PhotometricOp):
   """Adds a uniform offset in [-max_delta, max_delta] (a fraction of the range 0..255)."""
   max_delta: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("brightness max_delta", self.max_delta, 0.0, 1.0)
+  bounds = (0.0, 1.0)  # Of max_delta.
 
   def _apply(self, images, draws, key):
     delta = _between(draws[:, 0], -self.max_delta, self.max_delta) * 255.0
@@ -354,10 +331,7 @@ class Brightness(PhotometricOp):
 class Contrast(PhotometricOp):
   """Scales the distance from the image mean by a factor in [1 - max_delta, 1 + max_delta]."""
   max_delta: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("contrast max_delta", self.max_delta, 0.0, 1.0)
+  bounds = (0.0, 1.0)  # Of max_delta.
 
   def _apply(self, images, draws, key):
     factor = 1.0 + _between(draws[:, 0], -self.max_delta, self.max_delta)
@@ -369,10 +343,7 @@ class Contrast(PhotometricOp):
 class Blur(PhotometricOp):
   """Gaussian blur (out of focus) with sigma uniform in [0, max_sigma] pixels."""
   max_sigma: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("blur max_sigma", self.max_sigma, 0.0, 10.0)
+  bounds = (0.0, 10.0)  # Of max_sigma.
 
   def _apply(self, images, draws, key):
     sigma = _between(draws[:, 0], 0.0, self.max_sigma)
@@ -384,10 +355,7 @@ class Blur(PhotometricOp):
 class Noise(PhotometricOp):
   """Additive Gaussian sensor noise, standard deviation uniform in [0, max_std] (0..255 scale)."""
   max_std: float = 0.0
-
-  def __post_init__(self):
-    super().__post_init__()
-    _check_range("noise max_std", self.max_std, 0.0, 64.0)
+  bounds = (0.0, 64.0)  # Of max_std.
 
   def _apply(self, images, draws, key):
     std = _between(draws[:, 0], 0.0, self.max_std)
@@ -436,12 +404,11 @@ def parse(spec: str | None) -> Augmentation:
   ops = []
   for name, args, kwargs in transforms.parse_calls(spec, _REGISTRY, context):
     cls = _REGISTRY[name]
-    strength = [f.name for f in dataclasses.fields(cls) if f.name != "p"]
     if len(args) > 2 or (len(args) == 2 and "p" in kwargs):
-      raise ValueError(f"{context}: {name} takes ({strength[0]}, p=...).")
+      raise ValueError(f"{context}: {name} takes ({cls.strength_field()}, p=...).")
     kwargs.setdefault("p", args[1] if len(args) == 2 else _DEFAULT_P.get(name, 1.0))
     if args:
-      kwargs[strength[0]] = args[0]
+      kwargs[cls.strength_field()] = args[0]
     try:
       ops.append(cls(**kwargs))
     except (TypeError, ValueError) as e:

@@ -20,23 +20,31 @@ from PIL import Image
 
 Op = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
-_REGISTRY: dict[str, Callable[..., Op]] = {}
+class Registry(dict):
+  """Named factories for the ops of a spec; `augment` keeps its own registry of the same kind."""
+
+  def __init__(self, kind: str):
+    super().__init__()
+    self.kind = kind
+
+  def register(self, name: str):
+    """A decorator registering a factory under `name`: ``factory(*args, **kwargs) -> op``."""
+
+    def decorator(factory):
+      if name in self:
+        raise ValueError(f"{self.kind} {name!r} is registered twice.")
+      self[name] = factory
+      return factory
+
+    return decorator
+
+  def available(self) -> tuple[str, ...]:
+    return tuple(sorted(self))
 
 
-def register(name: str):
-  """Registers an op factory under `name`: ``factory(*args, **kwargs) -> Op``."""
-
-  def decorator(factory):
-    if name in _REGISTRY:
-      raise ValueError(f"Transform {name!r} is registered twice.")
-    _REGISTRY[name] = factory
-    return factory
-
-  return decorator
-
-
-def available() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
+_REGISTRY = Registry("Transform")
+register = _REGISTRY.register
+available = _REGISTRY.available
 
 
 _OP_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
