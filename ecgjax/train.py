@@ -274,9 +274,7 @@ class Trainer:
     self.workdir = os.path.abspath(workdir)
     # Checked before any data work: a bad spec or cache mode fails at once, naming the field.
     self.augmentation = augment.parse(config.data.augment)
-    if config.data.cache not in decoded_lib.CACHE_MODES:
-      raise ValueError(f"config.data.cache={config.data.cache!r}; use one of "
-                       f"{decoded_lib.CACHE_MODES}.")
+    decoded_lib.cache_mode(config.data)
     self.mesh = mesh_lib.make_mesh()
     self.replicated = mesh_lib.replicated(self.mesh)
     self.local_batch = mesh_lib.local_batch_size(config.train.batch_size, self.mesh)

@@ -24,7 +24,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -38,6 +39,14 @@ def cache_key(data_config: ml_collections.ConfigDict) -> str:
   h, w = (int(v) for v in data_config.image_size)
   channels = "gray" if data_config.grayscale else "rgb"
   return f"{h}x{w}_{data_config.resize_mode}_{channels}"
+
+
+def cache_mode(data_config: ml_collections.ConfigDict) -> str:
+  """`config.data.cache`, checked: 'memory' or 'mmap'."""
+  mode = data_config.get("cache", "memory")
+  if mode not in CACHE_MODES:
+    raise ValueError(f"config.data.cache={mode!r}; use one of {CACHE_MODES}.")
+  return mode
 
 
 class DecodedImages:
@@ -115,13 +124,13 @@ def _ids_digest(ids: Sequence[bytes | str]) -> str:
   return digest.hexdigest()
 
 
-def _save(path: str, array: np.ndarray) -> None:
-  """Writes `path` atomically: a temporary file in the same folder, then a rename."""
+def _save(path: str, write: Callable[[Any], None]) -> None:
+  """Writes `path` atomically with `write(binary_file)`: a temporary file, then a rename."""
   folder = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
   try:
     with os.fdopen(fd, "wb") as f:
-      np.save(f, array)
+      write(f)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -156,9 +165,7 @@ def load(source, data_config: ml_collections.ConfigDict, *, folder: str | None =
     threads: decoding threads; default one per core.
   """
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  mode = data_config.get("cache", "memory")
-  if mode not in CACHE_MODES:
-    raise ValueError(f"config.data.cache={mode!r}; use one of {CACHE_MODES}.")
+  mode = cache_mode(data_config)
   folder = folder or os.path.join(str(source.builder.data_dir), "decoded", cache_key(data_config))
   threads = threads or os.cpu_count() or 1
   preprocess = pipeline.Preprocess(data_config)
@@ -185,12 +192,10 @@ def load(source, data_config: ml_collections.ConfigDict, *, folder: str | None =
       if writable:
         try:
           os.makedirs(folder, exist_ok=True)
-          _save(path + ".npy", images)
-          _save(path + ".labels.npy", labels)
-          with open(meta_path + ".tmp", "w") as f:
-            json.dump({"ids_sha1": digest, "num_examples": len(labels),
-                       "spec": preprocess.spec}, f)
-          os.replace(meta_path + ".tmp", meta_path)
+          _save(path + ".npy", lambda f: np.save(f, images))
+          _save(path + ".labels.npy", lambda f: np.save(f, labels))
+          meta = {"ids_sha1": digest, "num_examples": len(labels), "spec": preprocess.spec}
+          _save(meta_path, lambda f: f.write(json.dumps(meta).encode()))
           if mode == "mmap":
             cached = _read(path, mode)
         except OSError as e:

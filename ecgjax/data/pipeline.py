@@ -193,20 +193,21 @@ class ShuffledBatches:
   epoch has `len(examples) // global_batch_size` steps. Process p takes the p-th contiguous part
   of the global batch: the rows its devices hold in the global array, so a run over several
   processes sees every example in the same row as one process with as many devices (and draws the
-  same augmentation and dropout for it). Shuffling whole epochs at once costs microseconds a batch, where grain's
-  per-example shuffle costs about 80 us an example (`experiments/benchmark_pipeline.py` prints both).
+  same augmentation and dropout for it). Shuffling whole epochs at once costs microseconds a batch;
+  grain's per-example shuffle costs milliseconds (`experiments/benchmark_pipeline.py` prints both).
   """
 
   def __init__(self, num_examples: int, local_batch_size: int, seed: int, process_index: int = 0,
                process_count: int = 1):
     self.num_examples = int(num_examples)
-    self.global_batch_size = int(local_batch_size) * int(process_count)
+    self.local_batch_size = int(local_batch_size)
+    self.global_batch_size = self.local_batch_size * int(process_count)
     self.per_epoch = self.num_examples // self.global_batch_size
     if self.per_epoch == 0:
       raise ValueError(f"{self.num_examples} training examples are fewer than one global batch of "
                        f"{self.global_batch_size}; lower config.train.batch_size.")
     self.seed = int(seed)
-    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.process_index = int(process_index)
     self._cache: tuple[int, np.ndarray] | None = None
 
   def __len__(self) -> int:
@@ -221,10 +222,8 @@ class ShuffledBatches:
 
   def __getitem__(self, index: int) -> np.ndarray:
     epoch, position = divmod(int(index), self.per_epoch)
-    start = position * self.global_batch_size
-    local = self.global_batch_size // self.process_count
-    start += self.process_index * local
-    return self.permutation(epoch)[start:start + local]
+    start = position * self.global_batch_size + self.process_index * self.local_batch_size
+    return self.permutation(epoch)[start:start + self.local_batch_size]
 
 
 def train_dataset(decoded: decoded_lib.DecodedImages, data_config: ml_collections.ConfigDict, *,
