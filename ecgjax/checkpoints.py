@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ecgjax import mesh as mesh_lib
 from ecgjax import models
 
 BEST_METRIC = "val_macro_f1"
@@ -148,6 +149,7 @@ def load_model(workdir: str, which: str | int = "best",
                ) -> LoadedModel:
   """Rebuilds a run's model from `workdir/config.json` and restores its inference variables."""
   config = read_config(workdir)
+  mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
   manager = make_manager(workdir, keep=int(config.train.keep_checkpoints))
   step = select_step(manager, which)
   # Onto this process's first device: in a multi-process run every process restores (orbax's

@@ -31,14 +31,13 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from clu import metrics
-from clu import periodic_actions
 
 from ecgjax import checkpoints
 from ecgjax import mesh as mesh_lib
 from ecgjax import models
 from ecgjax import report as report_lib
+from ecgjax import writers
 from ecgjax.classes import CLASS_NAMES, NUM_CLASSES
 from ecgjax.data import augment
 from ecgjax.data import decoded as decoded_lib
@@ -275,6 +274,7 @@ class Trainer:
     # Checked before any data work: a bad spec or cache mode fails at once, naming the field.
     self.augmentation = augment.parse(config.data.augment)
     decoded_lib.cache_mode(config.data)
+    mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
     self.mesh = mesh_lib.make_mesh()
     self.replicated = mesh_lib.replicated(self.mesh)
     self.local_batch = mesh_lib.local_batch_size(config.train.batch_size, self.mesh)
@@ -432,8 +432,7 @@ class Trainer:
     """Trains to `total_steps`, resuming from the latest checkpoint; returns the last step."""
     config = self.config
     checkpoints.write_config(config, self.workdir)
-    writer = metric_writers.create_default_writer(self.workdir,
-                                                  just_logging=jax.process_index() > 0)
+    writer = writers.create(self.workdir, just_logging=jax.process_index() > 0)
     manager = checkpoints.make_manager(self.workdir, keep=int(config.train.keep_checkpoints))
     train_it = self.train_iterator()
     latest = manager.latest_step()
@@ -449,8 +448,8 @@ class Trainer:
                  config.train.batch_size, self.mesh.devices.size, step)
     hooks = []
     if jax.process_index() == 0:
-      hooks.append(periodic_actions.ReportProgress(num_train_steps=self.total_steps, writer=writer,
-                                                   every_steps=config.train.log_every_steps))
+      hooks.append(writers.progress(writer, num_train_steps=self.total_steps,
+                                    every_steps=config.train.log_every_steps))
     train_metrics = None
     every = int(config.train.checkpoint_every_steps)
     while step < self.total_steps:

@@ -14,7 +14,10 @@ it builds the `ecgjax.train.Trainer` a run builds and times, with nothing else r
   - the order alone: grain's per-example shuffle against the whole-epoch shuffles the input path
     uses (`pipeline.ShuffledBatches`), in microseconds per batch of indices;
   - the real train step (`Trainer.train_step`: AdamW, EMA, class weights, clipping, metrics) with the
-    config's on-device augmentation and without it, so the augmentation's share of a step shows;
+    config's on-device augmentation and without it, so the augmentation's share of a step shows,
+    and the seconds it takes to compile;
+  - the loop: batches from the iterator, transferred and stepped as `Trainer.train` does, with no
+    host sync between steps; the step's share of the loop's time is how busy a GPU is kept;
 and prints a table with the rates and the input path's margin over the step (the target is >= 20x).
 Not a test: speed targets are read from this table, never asserted in the test suite.
 """
@@ -48,12 +51,13 @@ flags.DEFINE_string("out", None, "Directory for results.json (optional).")
 FLAGS = flags.FLAGS
 
 
-def _config(name):
+def config_for(name: str, dataset: str, manual_dir=None, data_dir=None, overrides=()):
+  """configs/NAME.py on data set NAME/CONFIG, with FIELD=VALUE overrides (Python literals)."""
   config = importlib.import_module(f"configs.{name}").get_config()
-  config.dataset.name, config.dataset.config = FLAGS.dataset.split("/")
-  config.dataset.manual_dir = FLAGS.manual_dir
-  config.dataset.data_dir = FLAGS.data_dir
-  for item in FLAGS.override:
+  config.dataset.name, config.dataset.config = dataset.split("/")
+  config.dataset.manual_dir = manual_dir
+  config.dataset.data_dir = data_dir
+  for item in overrides:
     field, value = item.split("=", 1)
     node = config
     *parents, leaf = field.split(".")
@@ -65,6 +69,10 @@ def _config(name):
       pass
     node[leaf] = value
   return config
+
+
+def _config(name):
+  return config_for(name, FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir, FLAGS.override)
 
 
 def _time_input(trainer, batches: int) -> float:
@@ -81,15 +89,20 @@ def _time_input(trainer, batches: int) -> float:
   return batches * trainer.config.train.batch_size / elapsed
 
 
-def _time_step(trainer) -> tuple[float, float]:
-  """(images/s of the trainer's jitted train step, seconds to compile it)."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _compile_step(trainer):
+  """(the trainer's jitted train step compiled for its batches, a state, seconds to compile)."""
   from ecgjax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   state = trainer.initial_state()
   batch = mesh_lib.to_global(next(trainer.train_iterator()), trainer.mesh)
   start = time.perf_counter()
   step = trainer.train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  return step, state, batch, time.perf_counter() - start
+
+
+def _time_step(step, state, batch):
+  """(seconds per call of the compiled train `step` on one device-resident batch (best repeat),
+  the state after: the step donates its input state)."""
+  import jax  # pylint: disable=g-import-not-at-top
   state, m = step(state, batch)
   jax.block_until_ready(m)
   best = float("inf")
@@ -99,7 +112,26 @@ def _time_step(trainer) -> tuple[float, float]:
       state, m = step(state, batch)
     jax.block_until_ready((state, m))
     best = min(best, (time.perf_counter() - start) / FLAGS.steps)
-  return trainer.config.train.batch_size / best, compile_s
+  return best, state
+
+
+def _time_loop(trainer, step, state, steps: int) -> float:
+  """Seconds per step of the training loop's body as `Trainer.train` runs it: the next batch from
+  the train iterator, its transfer, the step and the metrics merge, with no host sync between."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ecgjax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  it = trainer.train_iterator()
+  state, metrics = step(state, mesh_lib.to_global(next(it), trainer.mesh))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, m = step(state, mesh_lib.to_global(next(it), trainer.mesh))
+    metrics = metrics.merge(m)
+  jax.block_until_ready((state, metrics))
+  elapsed = time.perf_counter() - start
+  if hasattr(it, "close"):
+    it.close()
+  return elapsed / steps
 
 
 def time_order(num_examples: int, batch: int, batches: int = 300) -> dict:
@@ -138,17 +170,25 @@ def measure(name: str) -> dict:
   row.update(time_order(len(source), config.train.batch_size))
 
   workdir = tempfile.mkdtemp(prefix="ecgjax-bench-")
+  batch_size = config.train.batch_size
   try:
     trainer = train.Trainer(config, workdir)
-    row["train_img_s"], row["compile_s"] = _time_step(trainer)
+    step, state, batch, row["compile_s"] = _compile_step(trainer)
+    step_s, state = _time_step(step, state, batch)
+    row["train_img_s"] = batch_size / step_s
     for w in FLAGS.workers:
       config.data.worker_count = int(w)
       row[f"input_img_s_w{w}"] = _time_input(trainer, FLAGS.batches)
+    # The loop with the last worker count listed: the step's share of its wall time is the device's
+    # busy share wherever the step is device-bound (a GPU's), and input_img_s says why not.
+    row["loop_img_s"] = batch_size / _time_loop(trainer, step, state, FLAGS.batches)
+    row["busy_share"] = row["loop_img_s"] / row["train_img_s"]
     config.data.worker_count = 0
     if config.data.augment:
       config.data.augment = ""
       plain = train.Trainer(config, workdir)
-      row["train_img_s_no_augment"], _ = _time_step(plain)
+      plain_step, plain_state, plain_batch, _ = _compile_step(plain)
+      row["train_img_s_no_augment"] = batch_size / _time_step(plain_step, plain_state, plain_batch)[0]
       row["augment_cost"] = row["train_img_s_no_augment"] / row["train_img_s"] - 1.0
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
@@ -169,7 +209,8 @@ def main(argv):
   header = (["model", "input", "batch", "decode once pages/s", "train step img/s",
              "augmentation cost (of the plain step)", "compile s"]
             + [f"input path img/s ({w} workers)" for w in FLAGS.workers]
-            + ["input / step (best)"])
+            + ["input / step (best)", "loop img/s (step's share of the loop)",
+               "order us/batch (grain / epoch)"])
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for r in rows:
@@ -179,6 +220,7 @@ def main(argv):
               f"{r['decode_pages_s']:.1f}", f"{r['train_img_s']:.1f}", share,
               f"{r['compile_s']:.1f}"] + [f"{r[c]:.0f}" for c in worker_cols]
              + [f"{best / r['train_img_s']:.0f}x",
+                f"{r['loop_img_s']:.1f} ({100 * r['busy_share']:.0f}%)",
                 f"{r['grain_shuffle_us']:.0f} / {r['epoch_shuffle_us']:.0f}"])
     print("| " + " | ".join(cells) + " |")
   if FLAGS.out:

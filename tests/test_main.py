@@ -22,9 +22,9 @@ def _load(path):
   return module
 
 
-def _run_main(*args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "ecgjax.main", *args], env=env, cwd=REPO,
+def _run_main(*args, timeout=300, module="ecgjax.main", pythonpath=REPO):
+  env = dict(os.environ, PYTHONPATH=pythonpath, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -59,6 +59,29 @@ def test_worker_processes_from_the_command_line_give_the_same_report(tfds_data_d
     assert reports[2][key] == reports[0][key], key
   # Ranking quality follows the logits themselves: equal only if training saw the same batches.
   np.testing.assert_allclose(reports[2]["macro_roc_auc"], reports[0]["macro_roc_auc"], rtol=1e-6)
+
+
+def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path):
+  # tests/no_tensorflow hides TensorFlow and Keras from every import, as a base install lacks them.
+  no_tf = os.pathsep.join([os.path.join(REPO, "tests", "no_tensorflow"), REPO])
+  workdir = tmp_path / "run"
+  out = _run_main("--config=configs/cnn.py:smoke", f"--workdir={workdir}",
+                  "--config.saliency.num_pages=1",
+                  f"--config.compilation_cache_dir={tmp_path / 'jit'}", pythonpath=no_tf)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "No TensorBoard summaries" in out.stderr and "steps_per_sec=" in out.stderr
+  # The train step went into the persistent compilation cache that the config names.
+  assert glob.glob(str(tmp_path / "jit" / "jit_train_step-*"))
+  assert not glob.glob(str(workdir / "**" / "events.out.tfevents*"), recursive=True)
+  assert glob.glob(str(workdir / "saliency" / "*.png"))
+  with open(workdir / "eval" / "report.json") as f:
+    assert json.load(f)["num_examples"] > 0
+  page = sorted(glob.glob(os.path.join(REPO, "..", "shared", "data", "ecg_images_sample", "*",
+                                       "*.jpg")))[0]
+  out = _run_main(f"--workdir={workdir}", "--json", page, module="ecgjax.predict",
+                  pythonpath=no_tf)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads(out.stdout)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

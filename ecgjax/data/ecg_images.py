@@ -312,6 +312,9 @@ class EcgImages(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       EcgImagesConfig(name="w1024", width=1024,
                       description="Grid panel resized to 1024 px wide (about 595 px high)."),
+      EcgImagesConfig(name="w640", width=640,
+                      description="Grid panel resized to 640 px wide (about 372 px high): enough "
+                      "for models up to 320x544, a third of w1024's bytes."),
       EcgImagesConfig(name="full", width=None,
                       description="Grid panel at the scan's resolution (about 2100 x 1220 px)."),
   ]

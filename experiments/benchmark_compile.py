@@ -1,0 +1,154 @@
+r"""Seconds to compile each model's real train step, and what each way of compiling costs in speed.
+
+  python experiments/benchmark_compile.py --models=mobilenet_v2 \
+      --variants=default,no_triton_gemm,pointwise_conv,autotune_off,cache_warm
+
+Each (model, variant) runs in a fresh process, since XLA reads XLA_FLAGS once and caches its
+autotuning results per process. The process builds the `ecgjax.train.Trainer` a run builds from
+configs/NAME.py (with `--override`s), then times the compilation of its train step and eval step
+(`jit(...).lower(...).compile()`) and the train step's images/s on one device-resident batch.
+Variants:
+  default          the code as shipped
+  no_triton_gemm   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false: matrix products in cuBLAS rather
+                   than in Triton kernels compiled and autotuned one by one
+  pointwise_conv   MobileNetV2's 1x1 convolutions as `lax.conv_general_dilated` (cuDNN on a GPU)
+                   rather than the `dot_general` that `ecgjax.models.pointwise` writes
+  autotune_off     XLA_FLAGS=--xla_gpu_autotune_level=0
+  cache_warm       the default again, from the persistent compilation cache (`jax_compilation_cache_dir`)
+                   that the `default` variant's process filled (its figure includes writing it):
+                   what a second run of the same config costs with a cache directory set
+Not a test: compile-time targets are read from this table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "cache_warm")
+_XLA_FLAGS = {"no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
+              "autotune_off": "--xla_gpu_autotune_level=0"}
+
+
+def _pointwise_as_conv():
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  from ecgjax.models import pointwise  # pylint: disable=g-import-not-at-top
+
+  def conv(x, kernel, impl="auto"):
+    del impl
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  pointwise.pointwise_conv = conv
+
+
+def _measure(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ecgjax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from experiments import benchmark_pipeline  # pylint: disable=g-import-not-at-top
+  if args.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  if args.variant == "pointwise_conv":
+    _pointwise_as_conv()
+  config = benchmark_pipeline.config_for(args.models, args.dataset, args.manual_dir,
+                                         args.data_dir, args.override)
+  workdir = tempfile.mkdtemp(prefix="ecgjax-compile-")
+  trainer = train.Trainer(config, workdir)
+  state = trainer.initial_state()
+  batch = mesh_lib.to_global(next(trainer.train_iterator()), trainer.mesh)
+  start = time.perf_counter()
+  step = trainer.train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  variables = checkpoints.inference_variables(train._as_dict(state))  # pylint: disable=protected-access
+  eval_batch = next(iter(pipeline.eval_batches(trainer.data["test"],
+                                               local_batch_size=trainer.local_eval_batch)))
+  start = time.perf_counter()
+  trainer.eval_step.lower(variables, mesh_lib.to_global(eval_batch, trainer.mesh)).compile()
+  eval_compile_s = time.perf_counter() - start
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  best = float("inf")
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    best = min(best, (time.perf_counter() - start) / args.steps)
+  return {"model": args.models, "variant": args.variant, "compile_s": compile_s,
+          "eval_compile_s": eval_compile_s, "train_img_s": config.train.batch_size / best,
+          "device": jax.devices()[0].device_kind}
+
+
+def _spawn(model: str, variant: str, args, cache_dir: str | None) -> dict:
+  command = [sys.executable, os.path.abspath(__file__), "--worker", "--models", model,
+             "--variants", variant, "--dataset", args.dataset, "--steps", str(args.steps),
+             "--repeats", str(args.repeats)]
+  for name in ("manual_dir", "data_dir", "cache_dir"):
+    value = cache_dir if name == "cache_dir" else getattr(args, name)
+    if value:
+      command += [f"--{name}", value]
+  for item in args.override:
+    command += ["--override", item]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  if variant in _XLA_FLAGS:
+    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), _XLA_FLAGS[variant]]))
+  proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    return {"model": model, "variant": variant, "error": proc.stderr[-1500:]}
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+  parser.add_argument("--models", default="cnn,mobilenet_v2,vgg16")
+  parser.add_argument("--variants", default="default")
+  parser.add_argument("--dataset", default="ecg_synth/small", help="TFDS NAME/CONFIG")
+  parser.add_argument("--manual_dir", default=None)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--override", action="append", default=[], help="FIELD=VALUE, repeatable")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+  parser.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--cache_dir", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    args.variant = args.variants
+    print("RESULT " + json.dumps(_measure(args)), flush=True)
+    return
+  variants = sorted(args.variants.split(","), key=lambda v: v == "cache_warm")  # Fill it first.
+  unknown = sorted(set(variants) - set(VARIANTS))
+  if unknown:
+    raise SystemExit(f"Unknown --variants {unknown}; choose from {', '.join(VARIANTS)}.")
+  rows = []
+  for model in args.models.split(","):
+    cache_dir = tempfile.mkdtemp(prefix="ecgjax-jit-cache-")
+    for variant in variants:
+      if variant == "cache_warm" and "default" not in variants:
+        _spawn(model, "default", args, cache_dir)  # Fills the cache; not reported.
+      row = _spawn(model, variant, args, cache_dir if variant in ("default", "cache_warm") else None)
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  print("\n| model | variant | train step compile s | eval step compile s | train step img/s |")
+  print("|---|---|---|---|---|")
+  for r in rows:
+    if "error" in r:
+      print(f"| {r['model']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | |")
+    else:
+      print(f"| {r['model']} | {r['variant']} | {r['compile_s']:.1f} | {r['eval_compile_s']:.1f} "
+            f"| {r['train_img_s']:.0f} |")
+
+
+if __name__ == "__main__":
+  main()
