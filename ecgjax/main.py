@@ -4,9 +4,11 @@ r"""Command-line entry point: parses flags and calls `train.train_and_evaluate`.
       [--config.train.num_epochs=30 ...]
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from ecgjax.kernels import hugepages
@@ -23,14 +25,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help is instant and flags parse before JAX initialises.
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
   from ecgjax import mesh  # pylint: disable=g-import-not-at-top
+  from ecgjax import quiet  # pylint: disable=g-import-not-at-top
   from ecgjax import train  # pylint: disable=g-import-not-at-top
+  quiet.hide_library_info()
   mesh.initialize_distributed()
-  logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (checkpoints.WorkdirConfigError, checkpoints.CheckpointError,
+          checkpoints.CheckpointMismatchError) as e:  # For the user to act on: one line, no traceback.
+    sys.exit(f"ecgjax.main: {e}")
 
 
 def run():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines, if it is there.
   hugepages.ensure()
   app.run(main)
 

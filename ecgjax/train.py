@@ -437,8 +437,17 @@ class Trainer:
     train_it = self.train_iterator()
     latest = manager.latest_step()
     if latest is not None:
-      logging.info("Resuming from the checkpoint at step %d in %s.", latest, manager.directory)
-      state = checkpoints.restore(manager, latest, self.abstract_state(), train_it)
+      abstract = self.abstract_state()
+      restored, state = checkpoints.restore_first_readable(
+          manager, "latest", lambda s: checkpoints.restore(manager, s, abstract, train_it))
+      logging.info("Resuming from the checkpoint at step %d in %s.", restored, manager.directory)
+      newer = [s for s in manager.all_steps() if s > restored]
+      if newer:  # Unreadable: kept aside, so that training can save those steps again.
+        manager.close()
+        mesh_lib.first_process_first(lambda: checkpoints.set_aside(self.workdir, newer),
+                                     "setting unreadable checkpoints aside")
+        manager = checkpoints.make_manager(self.workdir,
+                                           keep=int(config.train.keep_checkpoints))
     else:
       state = self.initial_state()
       writer.write_hparams(_flat_hparams(config))
@@ -452,6 +461,7 @@ class Trainer:
                                     every_steps=config.train.log_every_steps))
     train_metrics = None
     every = int(config.train.checkpoint_every_steps)
+    started = (time.perf_counter(), step)
     while step < self.total_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = mesh_lib.to_global(next(train_it), self.mesh)
@@ -481,6 +491,7 @@ class Trainer:
         if step % config.train.log_every_steps == 0 or step == self.total_steps:
           writer.write_scalars(step, {f"train/{k}": v for k, v in computed.items()})
           train_metrics = None
+      shown = {"train/loss": float(computed["loss"])} if epoch_end else {}
       if epoch_end and (epoch % config.train.eval_every_epochs == 0 or step == self.total_steps):
         state = self.recompute_batch_stats(state)
         val_metrics = None
@@ -491,11 +502,14 @@ class Trainer:
                      "val/balanced_accuracy": rep["balanced_accuracy"],
                      "val/loss": float(collected.loss.compute())}
           writer.write_scalars(step, scalars)
-          logging.info("epoch %d step %d: %s", epoch, step,
-                       ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+          shown.update(scalars)
         checkpoints.save(manager, step, state, train_it, val_metrics)
       elif saving:
         checkpoints.save(manager, step, state, train_it)
+      if epoch_end:  # One line per epoch for a person; every value also went to the writer.
+        logging.info("epoch %d step %d: %s, ETA %s", epoch, step,
+                     ", ".join(f"{k}={v:.4f}" for k, v in shown.items()),
+                     _eta(started, step, self.total_steps))
       if config.train.stop_at_step is not None and step >= config.train.stop_at_step:
         logging.warning("Stopping at step %d (config.train.stop_at_step), as if killed.", step)
         _close(train_it)
@@ -509,8 +523,9 @@ class Trainer:
   def test_report(self) -> tuple[dict[str, Any], int]:
     """Evaluates the chosen checkpoint (`config.eval.checkpoint`) on the test fold."""
     manager = checkpoints.make_manager(self.workdir, keep=int(self.config.train.keep_checkpoints))
-    step = checkpoints.select_step(manager, self.config.eval.checkpoint)
-    state = checkpoints.restore(manager, step, self.abstract_state())
+    abstract = self.abstract_state()
+    step, state = checkpoints.restore_first_readable(
+        manager, self.config.eval.checkpoint, lambda s: checkpoints.restore(manager, s, abstract))
     manager.close()
     rep, _ = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "test")
     rep.update({"checkpoint_step": int(step), "checkpoint": str(self.config.eval.checkpoint),
@@ -525,6 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns None when the run stopped early at `config.train.stop_at_step`.
   """
   workdir = os.path.abspath(workdir)
+  checkpoints.check_workdir(config, workdir)  # An existing run's record decides, before any work.
   trainer = Trainer(config, workdir)
   start = time.time()
   last = trainer.train()
@@ -552,6 +568,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _eta(started: tuple[float, int], step: int, total_steps: int) -> str:
+  """Time left at the pace since (`started` seconds, step), as 'XmYYs'."""
+  seconds = (time.perf_counter() - started[0]) * (total_steps - step) / max(1, step - started[1])
+  return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _copy(tree):

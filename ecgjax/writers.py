@@ -24,13 +24,14 @@ except ImportError as e:  # TensorFlow is missing (clu.metric_writers imports it
 
 
 class LogWriter:
-  """clu's `LoggingWriter` calls for a run without TensorFlow: every value goes to the log."""
+  """clu's `LoggingWriter` calls for a run without TensorFlow: every value goes to the log, at
+  debug level as clu's lines are (`--verbosity=1` shows them; the epoch lines always show)."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+    logging.debug("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
 
   def write_hparams(self, hparams: Mapping[str, Any]):
-    logging.info("[Hyperparameters] %s", dict(hparams))
+    logging.debug("[Hyperparameters] %s", dict(hparams))
 
   def flush(self):
     pass

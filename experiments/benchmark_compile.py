@@ -75,15 +75,7 @@ def _measure(args) -> dict:
   start = time.perf_counter()
   trainer.eval_step.lower(variables, mesh_lib.to_global(eval_batch, trainer.mesh)).compile()
   eval_compile_s = time.perf_counter() - start
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  best = float("inf")
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      state, m = step(state, batch)
-    jax.block_until_ready((state, m))
-    best = min(best, (time.perf_counter() - start) / args.steps)
+  best, _ = benchmark_pipeline.time_step(step, state, batch, args.steps, args.repeats)
   return {"model": args.models, "variant": args.variant, "compile_s": compile_s,
           "eval_compile_s": eval_compile_s, "train_img_s": config.train.batch_size / best,
           "device": jax.devices()[0].device_kind}

@@ -99,19 +99,19 @@ def _compile_step(trainer):
   return step, state, batch, time.perf_counter() - start
 
 
-def _time_step(step, state, batch):
-  """(seconds per call of the compiled train `step` on one device-resident batch (best repeat),
-  the state after: the step donates its input state)."""
+def time_step(step, state, batch, steps: int, repeats: int):
+  """(seconds per call of the compiled train `step` on one device-resident batch, the best of
+  `repeats` runs of `steps` calls; the state after, since the step donates its input state)."""
   import jax  # pylint: disable=g-import-not-at-top
   state, m = step(state, batch)
   jax.block_until_ready(m)
   best = float("inf")
-  for _ in range(FLAGS.repeats):
+  for _ in range(repeats):
     start = time.perf_counter()
-    for _ in range(FLAGS.steps):
+    for _ in range(steps):
       state, m = step(state, batch)
     jax.block_until_ready((state, m))
-    best = min(best, (time.perf_counter() - start) / FLAGS.steps)
+    best = min(best, (time.perf_counter() - start) / steps)
   return best, state
 
 
@@ -174,7 +174,7 @@ def measure(name: str) -> dict:
   try:
     trainer = train.Trainer(config, workdir)
     step, state, batch, row["compile_s"] = _compile_step(trainer)
-    step_s, state = _time_step(step, state, batch)
+    step_s, state = time_step(step, state, batch, FLAGS.steps, FLAGS.repeats)
     row["train_img_s"] = batch_size / step_s
     for w in FLAGS.workers:
       config.data.worker_count = int(w)
@@ -188,7 +188,8 @@ def measure(name: str) -> dict:
       config.data.augment = ""
       plain = train.Trainer(config, workdir)
       plain_step, plain_state, plain_batch, _ = _compile_step(plain)
-      row["train_img_s_no_augment"] = batch_size / _time_step(plain_step, plain_state, plain_batch)[0]
+      row["train_img_s_no_augment"] = batch_size / time_step(plain_step, plain_state, plain_batch,
+                                                             FLAGS.steps, FLAGS.repeats)[0]
       row["augment_cost"] = row["train_img_s_no_augment"] / row["train_img_s"] - 1.0
   finally:
     shutil.rmtree(workdir, ignore_errors=True)

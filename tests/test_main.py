@@ -66,7 +66,7 @@ def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path
   no_tf = os.pathsep.join([os.path.join(REPO, "tests", "no_tensorflow"), REPO])
   workdir = tmp_path / "run"
   out = _run_main("--config=configs/cnn.py:smoke", f"--workdir={workdir}",
-                  "--config.saliency.num_pages=1",
+                  "--config.saliency.num_pages=1", "--verbosity=1",
                   f"--config.compilation_cache_dir={tmp_path / 'jit'}", pythonpath=no_tf)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "No TensorBoard summaries" in out.stderr and "steps_per_sec=" in out.stderr
@@ -82,6 +82,33 @@ def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path
                   pythonpath=no_tf)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout)
+
+
+def test_a_run_made_with_another_config_is_refused_and_its_record_kept(tmp_path):
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  config = _load(os.path.join(REPO, "configs", "cnn.py")).get_config("smoke")
+  checkpoints.write_config(config, str(tmp_path))
+  record = (tmp_path / "config.json").read_bytes()
+  out = _run_main("--config=configs/cnn.py:smoke", f"--workdir={tmp_path}",
+                  "--config.train.learning_rate=0.1", "--config.data.image_size=(64,96)",
+                  "--config.train.log_every_steps=7")
+  assert out.returncode != 0
+  message = out.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in out.stderr
+  assert "train.learning_rate: 0.002 -> 0.1" in message and "data.image_size" in message
+  assert "log_every_steps" not in message.split("only")[0]  # Resumable: not among the reasons.
+  assert (tmp_path / "config.json").read_bytes() == record  # The record is untouched,
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]  # and nothing else was written.
+  # Fields that only change how a run is fed, watched or saved may change when it resumes.
+  config.train.log_every_steps = 7
+  config.data.read_threads = 3
+  config.saliency.num_pages = 0
+  fixed, resumable = checkpoints.config_changes(config, str(tmp_path))
+  assert not fixed and len(resumable) == 3
+  checkpoints.check_workdir(config, str(tmp_path))
+  config.model.dense_units = 9
+  with pytest.raises(checkpoints.WorkdirConfigError, match="model.dense_units: 8 -> 9"):
+    checkpoints.check_workdir(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

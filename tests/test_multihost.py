@@ -33,27 +33,32 @@ def _launch(workdir, data_dir, processes: int, devices_per_process: int, *overri
   command = [sys.executable, "-m", "ecgjax.main", "--config=configs/default.py:smoke",
              f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
              "--config.data.augment=rotate(2)|scale(0.05)|brightness(0.1)|noise(2)",
-             "--config.model.dropout=0.5", *overrides]
+             "--config.model.dropout=0.5", "--verbosity=1", *overrides]  # Each step's loss line.
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
   if processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
                JAX_NUM_PROCESSES=str(processes))
-  procs = []
+  procs, logs = [], []
   for index in range(processes):
     if processes > 1:
       env = dict(env, JAX_PROCESS_ID=str(index))
-    procs.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
-  outputs = []
+    # To files, not pipes: a process blocked on a full pipe would stall the other at a barrier.
+    logs.append(f"{workdir}.process{index}.log")
+    with open(logs[-1], "w") as log:
+      procs.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=log))
   try:
     for proc in procs:
-      _, err = proc.communicate(timeout=TIME_LIMIT_S)
-      outputs.append(err)
+      proc.wait(timeout=TIME_LIMIT_S)
   except subprocess.TimeoutExpired:
     for proc in procs:
       proc.kill()
     pytest.fail(f"{processes} processes did not finish within {TIME_LIMIT_S} s (a hang).")
+  outputs = []
+  for path in logs:
+    with open(path) as f:
+      outputs.append(f.read())
   for index, (proc, err) in enumerate(zip(procs, outputs)):
     assert proc.returncode == 0, f"process {index} exited {proc.returncode}:\n{err[-4000:]}"
   return outputs

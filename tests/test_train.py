@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -160,6 +161,59 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(smoke_config, tmp_
   assert after[0] == before[0] == 2
   for a, b in zip(before[1], after[1]):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _damage(step_dir, kind):
+  """Damages a saved checkpoint the ways disks and interrupted copies do."""
+  state = os.path.join(step_dir, "state")
+  arrays = [os.path.join(root, f) for root, _, files in os.walk(state) for f in files
+            if os.sep + "d" + os.sep in os.path.join(root, f)]
+  biggest = max(arrays, key=os.path.getsize)
+  metadata = os.path.join(state, "_METADATA")
+  if kind == "truncated_array":
+    os.truncate(biggest, os.path.getsize(biggest) // 2)
+  elif kind == "flipped_bit":
+    with open(biggest, "r+b") as f:
+      f.seek(os.path.getsize(biggest) // 2)
+      byte = f.read(1)[0]
+      f.seek(-1, os.SEEK_CUR)
+      f.write(bytes([byte ^ 0x10]))
+  elif kind == "missing_metadata":
+    os.remove(metadata)
+  elif kind == "truncated_metadata":
+    os.truncate(metadata, os.path.getsize(metadata) // 2)
+  elif kind == "missing_state":
+    shutil.rmtree(state)
+
+
+DAMAGE = ("truncated_array", "flipped_bit", "missing_metadata", "truncated_metadata",
+          "missing_state")
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(smoke_config, tmp_path):
+  smoke_config.saliency.num_pages = 0
+  smoke_config.train.checkpoint_every_steps = 2
+  original = str(tmp_path / "original")
+  report = train.train_and_evaluate(smoke_config, original)
+  steps = sorted(int(s) for s in os.listdir(checkpoints.checkpoint_dir(original)))
+  last, previous = steps[-1], steps[-2]
+  for kind in DAMAGE:
+    workdir = str(tmp_path / kind)
+    shutil.copytree(original, workdir)
+    _damage(os.path.join(checkpoints.checkpoint_dir(workdir), str(last)), kind)
+    # Prediction and saliency fall back to the previous checkpoint,
+    assert checkpoints.load_model(workdir, "latest").step == previous, kind
+    # and so does training: it resumes there and trains the same steps again, to the same model.
+    again = train.train_and_evaluate(smoke_config, workdir)
+    assert again["confusion_matrix"] == report["confusion_matrix"], kind
+    np.testing.assert_allclose(again["macro_roc_auc"], report["macro_roc_auc"], rtol=1e-6)
+    assert os.listdir(os.path.join(workdir, "damaged_checkpoints")) == [str(last)], kind
+    assert checkpoints.load_model(workdir, "latest").step == last, kind
+  # With every checkpoint unreadable, one error names the directory and each step's reason.
+  for step in steps:
+    _damage(os.path.join(checkpoints.checkpoint_dir(original), str(step)), "missing_state")
+  with pytest.raises(checkpoints.CheckpointError, match="No readable checkpoint.*step"):
+    checkpoints.load_model(original, "best")
 
 
 def test_class_weights_balanced():
