@@ -29,11 +29,12 @@ def main(argv):
   from ecgjax import mesh  # pylint: disable=g-import-not-at-top
   from ecgjax import quiet  # pylint: disable=g-import-not-at-top
   from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
   quiet.hide_library_info()
   mesh.initialize_distributed()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (checkpoints.WorkdirConfigError, checkpoints.CheckpointError,
+  except (validate.ConfigError, checkpoints.WorkdirConfigError, checkpoints.CheckpointError,
           checkpoints.CheckpointMismatchError) as e:  # For the user to act on: one line, no traceback.
     sys.exit(f"ecgjax.main: {e}")
 

@@ -37,6 +37,7 @@ from ecgjax import checkpoints
 from ecgjax import mesh as mesh_lib
 from ecgjax import models
 from ecgjax import report as report_lib
+from ecgjax import validate
 from ecgjax import writers
 from ecgjax.classes import CLASS_NAMES, NUM_CLASSES
 from ecgjax.data import augment
@@ -271,9 +272,8 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = os.path.abspath(workdir)
-    # Checked before any data work: a bad spec or cache mode fails at once, naming the field.
+    validate.check(config)  # Before any data work: a bad value fails at once, naming the field.
     self.augmentation = augment.parse(config.data.augment)
-    decoded_lib.cache_mode(config.data)
     mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
     self.mesh = mesh_lib.make_mesh()
     self.replicated = mesh_lib.replicated(self.mesh)
@@ -540,6 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns None when the run stopped early at `config.train.stop_at_step`.
   """
   workdir = os.path.abspath(workdir)
+  validate.check(config)
   checkpoints.check_workdir(config, workdir)  # An existing run's record decides, before any work.
   trainer = Trainer(config, workdir)
   start = time.time()

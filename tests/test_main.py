@@ -37,11 +37,33 @@ def test_unknown_field_override_fails_naming_the_field(tmp_path):
 
 
 def test_bad_value_fails_before_any_work(tmp_path):
-  # A valid field with an unusable value is reported by name before data or models are built.
+  # A valid field with an unusable value is reported by name before data or models are built,
+  # in one line without a traceback.
   out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
-                  "--config.train.batch_size=0")
+                  "--config.train.num_epochs=0")
   assert out.returncode != 0
-  assert "config.train.batch_size=0" in out.stderr
+  assert "config.train.num_epochs=0" in out.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("train.num_epochs", -1), ("train.batch_size", 0), ("eval.batch_size", 0),
+    ("data.image_size", (48,)), ("data.image_size", (0, 80)),
+    ("data.resize_mode", "crop"), ("eval.checkpoint", "newest"), ("saliency.method", "lime"),
+    ("train.optimizer", "adam"), ("train.class_weights", "inverse"),
+    ("train.learning_rate", 0.0), ("train.ema_decay", 1.0), ("data.read_threads", 0),
+    ("data.test_fold", 5), ("data.val_fold", 0), ("data.augment", "rotate(200)"),
+    ("data.cache", "disk"), ("model.name", "resnet")])
+def test_every_bad_value_names_its_field(field, value):
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  validate.check(config)  # The config as shipped is fine.
+  group, name = field.split(".")
+  with config.unlocked():
+    config[group][name] = value
+  with pytest.raises(validate.ConfigError, match=f"config.{field}="):
+    validate.check(config)
 
 
 def test_worker_processes_from_the_command_line_give_the_same_report(tfds_data_dir, tmp_path):

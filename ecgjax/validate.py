@@ -1,0 +1,94 @@
+"""Every config value a run uses, checked before any work starts; an error names field and value.
+
+`check(config)` runs first in `train.train_and_evaluate` and `train.Trainer`: a bad value fails in
+about a second, as one `ConfigError` line of the form "config.FIELD=VALUE: what is allowed", which
+the command line prints without a traceback. Checks that need the data or the devices (a batch that
+does not divide over them, a training split smaller than a batch) come later, named the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that no run can use."""
+
+
+def _fail(field: str, value: Any, allowed: str):
+  raise ConfigError(f"config.{field}={value!r}: {allowed}.")
+
+
+def _int(config, field: str, low: int, what: str) -> None:
+  group, name = field.split(".")
+  value = config[group][name]
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    _fail(field, value, what)
+
+
+def _number(config, field: str, low: float, high: float, what: str, optional=False) -> None:
+  group, name = field.split(".")
+  value = config[group].get(name)
+  if value is None and optional:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+    _fail(field, value, what)
+
+
+def _choice(config, field: str, choices) -> None:
+  group, name = field.split(".")
+  value = config[group][name]
+  if value not in choices:
+    _fail(field, value, f"use one of {', '.join(repr(c) for c in choices)}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` for the first unusable value of `config`."""
+  # Imported here: this module is imported by the command line before JAX starts.
+  from ecgjax import models  # pylint: disable=g-import-not-at-top
+  from ecgjax import saliency  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import augment  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import decoded  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  _int(config, "train.num_epochs", 1, "train for at least 1 epoch")
+  _int(config, "train.batch_size", 1, "use a positive number of examples per global batch")
+  _int(config, "eval.batch_size", 1, "use a positive number of examples per global batch")
+  _int(config, "train.log_every_steps", 1, "log every 1 or more steps")
+  _int(config, "train.checkpoint_every_steps", 0, "use 0 (epoch ends only) or a step count")
+  _int(config, "train.keep_checkpoints", 1, "keep at least the latest checkpoint")
+  _int(config, "train.eval_every_epochs", 1, "evaluate every 1 or more epochs")
+  _int(config, "data.worker_count", 0, "use 0 (no worker processes) or more")
+  _int(config, "data.read_threads", 1, "use 1 or more threads")
+  _int(config, "data.prefetch", 1, "prefetch 1 or more batches")
+  _int(config, "saliency.num_pages", 0, "use 0 (no maps) or a page count")
+  _number(config, "train.learning_rate", 1e-12, float("inf"), "use a positive learning rate")
+  _number(config, "train.weight_decay", 0.0, float("inf"), "use 0 or more")
+  _number(config, "train.warmup_epochs", 0.0, float("inf"), "use 0 or more epochs")
+  _number(config, "train.ema_decay", 0.0, 0.999999, "use 0 (off) up to below 1")
+  _number(config, "train.label_smoothing", 0.0, 0.999, "use 0 up to below 1")
+  _number(config, "train.grad_clip_norm", 1e-12, float("inf"),
+          "use a positive norm, or None for no clipping", optional=True)
+  _choice(config, "model.name", tuple(sorted(models.MODELS)))
+  _choice(config, "train.optimizer", ("adamw", "sgd", "lamb"))
+  _choice(config, "train.class_weights", ("balanced", "none"))
+  _choice(config, "data.resize_mode", ("pad", "stretch"))
+  _choice(config, "saliency.method", saliency.METHODS)
+  size = config.data.image_size
+  if (not isinstance(size, (tuple, list)) or len(size) != 2
+      or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in size)):
+    _fail("data.image_size", size, "use (height, width), two integers of at least 16")
+  which = config.eval.checkpoint
+  if not (which in ("best", "latest") or (isinstance(which, int) and which >= 0)
+          or (isinstance(which, str) and which.isdigit())):
+    _fail("eval.checkpoint", which, "use 'best', 'latest' or a step number")
+  try:
+    augment.parse(config.data.augment)
+    decoded.cache_mode(config.data)
+    pipeline.fold_splits(config.data)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
