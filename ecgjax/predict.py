@@ -5,9 +5,11 @@ r"""Predict the class of new ECG pages with a trained run.
 
 Each page may be any size, JPEG or PNG, RGB, gray or RGBA: the grid panel is found and cropped as in
 the data sets, then resized like the run's evaluation data. Prints, per page, the predicted class and
-the probability of every class. A file that is not an image is reported (on stderr, and as an
-`error` entry with --json) and the other pages are still predicted; the exit status is 1 if any
-page failed.
+the probability of every class. A file that is not an image (or is too small to be a page) is
+reported (on stderr, and as an `error` entry with --json) and the other pages are still predicted;
+the exit status is 1 if any page failed. A page on which no grid panel is found (a blank page, a
+photo of something else) is predicted whole but marked UNRELIABLE in the table (`reliable: false`
+with --json).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def _define_flags() -> None:
 
 def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best",
                   crop: bool = True, batch_size: int = 8) -> list[dict[str, Any]]:
-  """One result per path, in order: {'path', 'class', 'probabilities', 'note'} or {'path', 'error'}."""
+  """One result per path, in order: {'path', 'class', 'probabilities', 'note', 'reliable'} or
+  {'path', 'error'}; `reliable` is False where no grid panel was found on the page."""
   import jax  # pylint: disable=g-import-not-at-top
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
   from ecgjax import report  # pylint: disable=g-import-not-at-top
@@ -58,6 +61,8 @@ def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best
       result["error"] = str(e)
       continue
     result["note"] = note
+    # Without the panel the model sees something unlike its training pages: say so beside the class.
+    result["reliable"] = not note.startswith(pipeline.NO_PANEL)
     ready.append((result, image))
   for start in range(0, len(ready), batch_size):
     chunk = ready[start:start + batch_size]
@@ -80,7 +85,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
       lines.append(f"{r['path']:<{width}}  ERROR: {r['error']}")
     else:
       probs = "  ".join(f"{r['probabilities'][n]:>18.3f}" for n in CLASS_NAMES)
-      lines.append(f"{r['path']:<{width}}  {r['class']:<18}  {probs}")
+      flag = "" if r.get("reliable", True) else f"  UNRELIABLE: {r['note']}"
+      lines.append(f"{r['path']:<{width}}  {r['class']:<18}  {probs}{flag}")
   return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -633,15 +634,18 @@ def main(argv: Sequence[str]) -> None:
   paths = list(flags.images) + list(argv[1:])
   if not paths:
     raise ValueError("No pages: pass --images FILE... .")
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise FileNotFoundError(f"--images: no such file(s): {missing}.")
   loaded = checkpoints.load_model(flags.workdir, flags.checkpoint)
-  pages = []
-  for path in paths:
+  pages, failed = [], []
+  for path in paths:  # A bad file is named and skipped; the good pages are still explained.
     label = ecg_images.class_of_path(os.path.abspath(path))  # The release's folder names.
-    pages.append(page_from_file(path, loaded.config.data, flags.crop_panel,
-                                None if label is None else class_index(label)))
+    try:
+      pages.append(page_from_file(path, loaded.config.data, flags.crop_panel,
+                                  None if label is None else class_index(label)))
+    except (OSError, ValueError) as e:
+      failed.append(path)
+      print(f"error: {e}", file=sys.stderr)
+  if not pages:
+    sys.exit(f"No page could be read ({len(failed)} failed); nothing written.")
   options = {"gradient": {}, "grad_cam": {"layer": flags.layer},
              "smoothgrad": {"num_samples": flags.num_samples, "noise_scale": flags.noise_scale,
                             "chunk_size": flags.chunk_size},
@@ -651,6 +655,8 @@ def main(argv: Sequence[str]) -> None:
                       value_range=loaded.config.data.value_range, seed=flags.seed, **options)
   print(f"Wrote {out['json']} and {2 * len(out['pages'])} PNGs under {flags.out} "
         f"({flags.method}, checkpoint step {loaded.step}).")
+  if failed:
+    sys.exit(f"{len(failed)} of {len(paths)} pages could not be read: {', '.join(failed)}.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import shutil
 import subprocess
@@ -193,6 +194,20 @@ def test_bad_files_stop_the_build_by_default(tmp_path):
   with pytest.raises(ValueError, match=r"2 of 12 images") as error:
     ecg_images.scan_release(root)
   assert "truncated.jpg" in str(error.value) and "text.jpg" in str(error.value)
+
+
+def test_a_partly_downloaded_zip_is_named_and_skipped_on_request(tmp_path):
+  root = make_release(tmp_path / "manual")
+  whole = ecg_images.scan_release(root)
+  archive = root / "second_half.zip"
+  with zipfile.ZipFile(archive, "w") as zf:
+    zf.writestr(f"{RELEASE_FOLDERS['normal']}/extra.jpg", fake_page(777))
+  os.truncate(archive, os.path.getsize(archive) // 2)  # The download broke off.
+  with pytest.raises(ValueError, match=r"second_half\.zip: not a readable zip archive"):
+    ecg_images.scan_release(root)
+  skipped = ecg_images.scan_release(root, on_bad_file="skip")
+  assert list(skipped.bad_files) == ["second_half.zip"]
+  assert len(skipped.pages) == len(whole.pages)
 
 
 def test_bad_files_skipped_are_counted_in_the_build(tmp_path):

@@ -30,9 +30,11 @@ def _run_main(*args, timeout=300, module="ecgjax.main", pythonpath=REPO):
 
 def test_unknown_field_override_fails_naming_the_field(tmp_path):
   out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
-                  "--config.model.alhpa=0.5")
+                  "--config.train.batch_sizee=8")
   assert out.returncode != 0
-  assert "alhpa" in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      "ecgjax.main: no such config field: 'batch_sizee' Did you mean \"batch_size\" instead of "
+      "\"batch_sizee\"? Check the --config.FIELD=VALUE overrides against the config file."]
   assert not os.path.exists(os.path.join(tmp_path, "config.json"))  # Nothing ran.
 
 

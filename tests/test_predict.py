@@ -45,6 +45,10 @@ def pages(tmp_path_factory):
   paths["not_an_image"] = str(out / "notes.jpg")
   with open(paths["not_an_image"], "w") as f:
     f.write("this is not a JPEG")
+  paths["one_pixel"] = str(out / "one_pixel.png")
+  Image.new("RGB", (1, 1), "white").save(paths["one_pixel"])
+  paths["blank_page"] = str(out / "blank.png")
+  Image.new("RGB", (1100, 800), "white").save(paths["blank_page"])
   return paths
 
 
@@ -59,6 +63,7 @@ def test_every_page_predicted_and_bad_file_reported(run_dir, pages):
     probs = np.array([r["probabilities"][c] for c in CLASS_NAMES])
     assert np.isclose(probs.sum(), 1.0) and r["class"] == CLASS_NAMES[int(probs.argmax())]
     assert r["note"].startswith("panel rows")  # The grid panel was found on every page.
+    assert r["reliable"]
   # The same numbers as the model on the page prepared by hand.
   image, _ = pipeline.load_page(pages["real_jpeg"], loaded.config.data)
   logits = loaded.logit_fn(pipeline.normalize(image[None], loaded.config.data.value_range))
@@ -66,6 +71,14 @@ def test_every_page_predicted_and_bad_file_reported(run_dir, pages):
   expected = expected / expected.sum()
   np.testing.assert_allclose([results[0]["probabilities"][c] for c in CLASS_NAMES], expected,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_a_page_too_small_is_an_error_and_a_page_without_panel_is_flagged(run_dir, pages):
+  tiny, blank = predict.predict_files(run_dir, [pages["one_pixel"], pages["blank_page"]])
+  assert "1x1 px is too small" in tiny["error"] and "class" not in tiny
+  assert blank["reliable"] is False and blank["note"].startswith("no grid panel found")
+  row = predict.format_table([blank]).splitlines()[-1]
+  assert "UNRELIABLE: no grid panel found" in row
 
 
 def test_command_json_and_exit_status(run_dir, pages):

@@ -303,13 +303,18 @@ def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
   assert abs(first["probabilities"]["mi"] - second["probabilities"]["mi"]) < 0.05
 
 
-def test_command_fails_naming_a_missing_file(workdir, tmp_path):
+def test_command_names_and_skips_bad_files_and_explains_the_good_pages(workdir, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  not_an_image = tmp_path / "notes.jpg"
+  not_an_image.write_text("this is not a JPEG")
+  out = str(tmp_path / "maps")
   result = subprocess.run(
-      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={tmp_path}",
-       "--images=no_such_page.jpg"], env=env, cwd=REPO, capture_output=True, text=True,
-      timeout=300)
-  assert result.returncode != 0 and "no_such_page.jpg" in result.stderr
+      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={out}",
+       "--method=gradient", "--images=no_such_page.jpg", f"--images={not_an_image}",
+       f"--images={MI_PAGE}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert "no_such_page.jpg" in result.stderr and "notes.jpg" in result.stderr
+  _check_outputs(os.path.join(out, "saliency_gradient.json"), "gradient", 1)
 
 
 def test_write_test_maps_explains_test_pages(workdir, tfds_data_dir):

@@ -135,15 +135,26 @@ def _walk(folder: epath.Path) -> Iterator[epath.Path]:
       yield path
 
 
-def list_files(manual_dir: epath.Path) -> list[SourceFile]:
-  """Every file below `manual_dir`, looking inside zip files, sorted by path."""
+def list_files(manual_dir: epath.Path, unreadable: dict[str, str] | None = None
+               ) -> list[SourceFile]:
+  """Every file below `manual_dir`, looking inside zip files, sorted by path.
+
+  A zip that cannot be opened (a partial download) raises ValueError naming it; with an
+  `unreadable` dict it is recorded there (path -> why) and left out instead.
+  """
   files = []
   for path in _walk(manual_dir):
     rel = path.relative_to(manual_dir).as_posix()
     if path.suffix.lower() == ".zip":
-      with path.open("rb") as f, zipfile.ZipFile(f) as zf:
-        files.extend(SourceFile(f"{rel}/{info.filename}", manual_dir, rel, info.filename)
-                     for info in zf.infolist() if not info.is_dir())
+      try:
+        with path.open("rb") as f, zipfile.ZipFile(f) as zf:
+          files.extend(SourceFile(f"{rel}/{info.filename}", manual_dir, rel, info.filename)
+                       for info in zf.infolist() if not info.is_dir())
+      except (OSError, zipfile.BadZipFile) as e:
+        if unreadable is None:
+          raise ValueError(f"{path}: not a readable zip archive ({type(e).__name__}: {e}). "
+                           "Download it again, or build with on_bad_file='skip'.") from e
+        unreadable[rel] = f"{type(e).__name__}: {e}"
     else:
       files.append(SourceFile(rel, manual_dir))
   return sorted(files, key=lambda s: s.path)
@@ -207,7 +218,8 @@ def scan_release(manual_dir: epath.PathLike, on_bad_file: str = "error") -> Scan
     raise FileNotFoundError(f"manual_dir {manual_dir} does not exist.\n"
                             f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
   ignored, unlabelled, candidates = [], [], []
-  for source in list_files(manual_dir):
+  bad = {}  # path -> why it cannot be used: zip archives first, then images
+  for source in list_files(manual_dir, bad if on_bad_file == "skip" else None):
     if _SYSTEM_FILES.search(source.path) or not source.path.lower().endswith(IMAGE_SUFFIXES):
       ignored.append(source.path)
       continue
@@ -228,7 +240,7 @@ def scan_release(manual_dir: epath.PathLike, on_bad_file: str = "error") -> Scan
     raise FileNotFoundError(f"No images found under manual_dir {manual_dir}.\n"
                             f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
-  pages, bad = [], {}
+  pages = []
   for source, label in candidates:
     try:
       pages.append(_read_page(source, label))
@@ -239,7 +251,7 @@ def scan_release(manual_dir: epath.PathLike, on_bad_file: str = "error") -> Scan
     if on_bad_file == "error":
       raise ValueError(f"{len(bad)} of {len(candidates)} images under {manual_dir} cannot be "
                        f"used:\n{listing}\nReplace them, or build with on_bad_file='skip'.")
-    logging.warning("ecg_images: skipping %d of %d images that cannot be used:\n%s", len(bad),
+    logging.warning("ecg_images: skipping %d of %d files that cannot be used:\n%s", len(bad),
                     len(candidates), listing)
 
   groups = _group_copies(pages)

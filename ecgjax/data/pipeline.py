@@ -278,13 +278,19 @@ def normalize(images: jax.Array, value_range: Sequence[float] = (-1.0, 1.0),
   return (images.astype(dtype) * ((hi - lo) / 255.0) + lo).astype(dtype)
 
 
+# Smaller than this on a side, an image cannot show the twelve leads of a page.
+MIN_PAGE_SIDE = 64
+NO_PANEL = "no grid panel found"
+
+
 def read_page(path: str | os.PathLike, crop: bool = True) -> tuple[np.ndarray, str]:
   """A page from disk as uint8 RGB, cropped to its ECG grid panel as the data sets store it.
 
   Any size, JPEG or PNG, RGB, gray or RGBA; a whole photographed or scanned page works. With `crop`,
   the panel is found from the pixels; an image in which no panel stands out (already a panel crop) is
-  used whole, with a warning. Returns the image and a note on what was done. A file that is not an
-  image raises ValueError naming it.
+  used whole, with a warning and a note starting with `NO_PANEL`. Returns the image and a note on
+  what was done. A file that is not an image, or is too small to be a page, raises ValueError
+  naming it.
   """
   path = os.fspath(path)
   try:
@@ -294,6 +300,9 @@ def read_page(path: str | os.PathLike, crop: bool = True) -> tuple[np.ndarray, s
     raise
   except Exception as e:  # PIL raises many types for bad data.
     raise ValueError(f"{path}: not a readable image ({e}).") from e
+  if min(rgb.shape[:2]) < MIN_PAGE_SIDE:
+    raise ValueError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px is too small for an ECG page "
+                     f"(at least {MIN_PAGE_SIDE} px a side).")
   if not crop:
     return rgb, "whole image (no crop asked)"
   from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
@@ -301,7 +310,7 @@ def read_page(path: str | os.PathLike, crop: bool = True) -> tuple[np.ndarray, s
     box = panel.find_panel(rgb, source=path)
   except ValueError as e:
     logging.warning("%s Using the whole image.", e)
-    return rgb, "no grid panel found: whole image used"
+    return rgb, f"{NO_PANEL}: whole image used"
   return (rgb[box.top:box.bottom, box.left:box.right],
           f"panel rows {box.top}-{box.bottom}, columns {box.left}-{box.right}")
 
