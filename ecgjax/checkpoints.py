@@ -294,9 +294,6 @@ class LoadedModel:
   def logit_fn(self, images: jax.Array) -> jax.Array:
     return self.model.apply(self.variables, images, train=False)
 
-  def apply(self, variables: dict[str, Any], images: jax.Array, **kwargs) -> jax.Array:
-    return self.model.apply(variables, images, train=False, **kwargs)
-
 
 def inference_variables(state: Any) -> dict[str, Any]:
   """The variables evaluation uses: EMA parameters if kept, and recomputed BatchNorm statistics."""

@@ -69,7 +69,7 @@ def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best
     images = np.stack([image for _, image in chunk])
     # Pad to a whole batch so every call reuses one compiled shape.
     padded = np.concatenate([images, np.repeat(images[:1], batch_size - len(chunk), 0)])
-    probs = report.softmax(np.asarray(logits_fn(padded), np.float64))[:len(chunk)]
+    probs = report.softmax(np.asarray(logits_fn(padded), np.float64), axis=-1)[:len(chunk)]
     for (result, _), p in zip(chunk, probs):
       result["class"] = CLASS_NAMES[int(p.argmax())]
       result["probabilities"] = {name: float(v) for name, v in zip(CLASS_NAMES, p)}

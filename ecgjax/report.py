@@ -12,22 +12,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 from sklearn import metrics as skm
 
 from ecgjax.classes import CLASS_NAMES
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = logits - logits.max(axis=-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(axis=-1, keepdims=True)
 
 
 def classification_report(labels: np.ndarray, logits: np.ndarray,
                           class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
   """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1/support, confusion matrix, ROC-AUC."""
   labels = np.asarray(labels)
-  probs = softmax(np.asarray(logits, np.float64))
+  probs = softmax(np.asarray(logits, np.float64), axis=-1)
   preds = probs.argmax(-1)
   ids = list(range(len(class_names)))
   precision, recall, f1, support = skm.precision_recall_fscore_support(

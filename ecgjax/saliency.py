@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ecgjax import report
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import layout as layout_lib
 from ecgjax.data import pipeline
@@ -531,11 +532,10 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
                      **options)
     if method == "integrated_gradients":
       gaps.append(np.stack(completeness(logit_fn, images, attr, targets, baseline), axis=-1))
-    probs.append(np.exp(logits - logits.max(-1, keepdims=True)))
+    probs.append(report.softmax(np.asarray(logits, np.float64), axis=-1))
     attributions.append(np.asarray(attr))
   num = len(pages)
   probs = np.concatenate(probs)[:num]
-  probs /= probs.sum(-1, keepdims=True)
   predicted = probs.argmax(-1)
   attributions = np.concatenate(attributions)[:num]
   gaps = np.concatenate(gaps)[:num] if gaps else None

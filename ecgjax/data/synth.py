@@ -401,11 +401,6 @@ class PageGeometry:
   jpeg_quality: int
 
 
-def page_geometry(style: PageStyle | None = None) -> tuple[int, int, int, int]:
-  """The panel box of a page in `style` before per-seed rotation and offset."""
-  return (style or DEFAULT_STYLE).layout.panel_box
-
-
 @functools.lru_cache(maxsize=None)
 def _font(kind: str, size: int) -> ImageFont.FreeTypeFont:
   """Serif for lead labels (the release uses a Times-like face), bold sans for the title."""

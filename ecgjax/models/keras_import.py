@@ -23,7 +23,6 @@ Not for: exporting Flax weights back to Keras, or architectures other than those
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
