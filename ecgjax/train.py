@@ -428,28 +428,37 @@ class Trainer:
   # -- the loop ------------------------------------------------------------------------------
 
   def train(self) -> int:
-    """Trains to `total_steps`, resuming from the latest checkpoint; returns the last step."""
-    config = self.config
-    checkpoints.write_config(config, self.workdir)
+    """Trains to `total_steps`, resuming from the latest readable checkpoint; returns the last step."""
+    checkpoints.write_config(self.config, self.workdir)
     writer = writers.create(self.workdir, just_logging=jax.process_index() > 0)
-    manager = checkpoints.make_manager(self.workdir, keep=int(config.train.keep_checkpoints))
+    manager = checkpoints.make_manager(self.workdir, keep=int(self.config.train.keep_checkpoints))
     train_it = self.train_iterator()
-    latest = manager.latest_step()
-    if latest is not None:
-      abstract = self.abstract_state()
-      restored, state = checkpoints.restore_first_readable(
-          manager, "latest", lambda s: checkpoints.restore(manager, s, abstract, train_it))
-      logging.info("Resuming from the checkpoint at step %d in %s.", restored, manager.directory)
-      newer = [s for s in manager.all_steps() if s > restored]
-      if newer:  # Unreadable: kept aside, so that training can save those steps again.
-        manager.close()
-        mesh_lib.first_process_first(lambda: checkpoints.set_aside(self.workdir, newer),
-                                     "setting unreadable checkpoints aside")
-        manager = checkpoints.make_manager(self.workdir,
-                                           keep=int(config.train.keep_checkpoints))
-    else:
-      state = self.initial_state()
-      writer.write_hparams(_flat_hparams(config))
+    try:  # Whichever way the loop ends (done, stopped, an error), everything is closed once.
+      return self._train_loop(self._restore_or_init(manager, train_it, writer), manager,
+                              train_it, writer)
+    finally:
+      writer.flush()
+      _close(train_it)
+      manager.close()
+
+  def _restore_or_init(self, manager, train_it, writer) -> TrainState:
+    """The state at the latest readable checkpoint (the iterator restored in place), or a new one."""
+    if manager.latest_step() is None:
+      writer.write_hparams(_flat_hparams(self.config))
+      return self.initial_state()
+    abstract = self.abstract_state()
+    restored, state = checkpoints.restore_first_readable(
+        manager, "latest", lambda s: checkpoints.restore(manager, s, abstract, train_it))
+    logging.info("Resuming from the checkpoint at step %d in %s.", restored, manager.directory)
+    newer = [s for s in manager.all_steps() if s > restored]
+    if newer:  # Unreadable: kept aside, so that training can save those steps again.
+      mesh_lib.first_process_first(lambda: checkpoints.set_aside(self.workdir, newer),
+                                   "setting unreadable checkpoints aside")
+      manager.reload()
+    return state
+
+  def _train_loop(self, state: TrainState, manager, train_it, writer) -> int:
+    config = self.config
     step = int(jax.device_get(state.step))
     logging.info("Training %s for %d steps (%d per epoch, global batch %d over %d devices); "
                  "now at step %d.", config.model.name, self.total_steps, self.steps_per_epoch,
@@ -479,14 +488,11 @@ class Trainer:
         computed = train_metrics.compute()
         bad = int(computed.pop("first_nonfinite_step"))
         if bad:
-          last = manager.latest_step()
-          _close(train_it)
-          manager.close()
           raise NonFiniteLossError(
               f"Non-finite training loss or parameters at step {bad}. The last good checkpoint "
-              f"(step {last}) in {manager.directory} is intact. Lower config.train.learning_rate, "
-              "enable config.train.grad_clip_norm, or check the data; the run resumes from that "
-              "checkpoint when started again.")
+              f"(step {manager.latest_step()}) in {manager.directory} is intact. Lower "
+              "config.train.learning_rate, enable config.train.grad_clip_norm, or check the data; "
+              "the run resumes from that checkpoint when started again.")
         if step % config.train.log_every_steps == 0 or step == self.total_steps:
           writer.write_scalars(step, {f"train/{k}": v for k, v in computed.items()})
           train_metrics = None
@@ -511,12 +517,7 @@ class Trainer:
                      _eta(started, step, self.total_steps))
       if config.train.stop_at_step is not None and step >= config.train.stop_at_step:
         logging.warning("Stopping at step %d (config.train.stop_at_step), as if killed.", step)
-        _close(train_it)
-        manager.close()
         return step
-    writer.flush()
-    _close(train_it)
-    manager.close()
     return step
 
   def test_report(self) -> tuple[dict[str, Any], int]:
