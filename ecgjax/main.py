@@ -40,7 +40,7 @@ def main(argv):
   mesh.initialize_distributed()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validate.ConfigError, checkpoints.WorkdirConfigError, checkpoints.CheckpointError,
+  except (checkpoints.WorkdirConfigError, checkpoints.CheckpointError,
           checkpoints.CheckpointMismatchError) as e:  # For the user to act on: one line, no traceback.
     sys.exit(f"ecgjax.main: {e}")
 

@@ -60,8 +60,8 @@ def use_compilation_cache(directory: str | None) -> None:
 
   A later run that compiles the same step loads it instead (`experiments/benchmark_compile.py`,
   variant cache_warm, measures what that saves). Only computations that took over a second to
-  compile are kept. '' or None leaves it off; jax
-  reads the directory once per process, at the first compilation.
+  compile are kept. '' or None leaves it off; jax reads the directory once per process, at the
+  first compilation.
   """
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))

@@ -540,7 +540,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns None when the run stopped early at `config.train.stop_at_step`.
   """
   workdir = os.path.abspath(workdir)
-  validate.check(config)
   checkpoints.check_workdir(config, workdir)  # An existing run's record decides, before any work.
   trainer = Trainer(config, workdir)
   start = time.time()
