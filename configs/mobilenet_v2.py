@@ -3,7 +3,7 @@ r"""MobileNetV2 (the Keras Applications architecture), trained from scratch or f
   python -m ecgjax.main --config=configs/mobilenet_v2.py --workdir=runs/mobilenet_v2
 
 Width multiplier: `--config.model.alpha=0.5`. From ImageNet weights you already have:
-  python -m ecgjax.models.keras_import --model mobilenet_v2 --weights FILE.h5 --workdir runs/mnv2_imagenet
+  python -m ecgjax.convert_keras --model=mobilenet_v2 --weights=FILE.h5 --workdir=runs/mnv2_imagenet
   python -m ecgjax.main --config=configs/mobilenet_v2.py --workdir=runs/mnv2_ft \
       --config.init_from=runs/mnv2_imagenet
 
@@ -22,7 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.alpha = 1.0  # Width multiplier, as Keras' `alpha`.
   config.model.dropout = 0.2  # Before the logits (Keras has none).
   config.model.bn_momentum = 0.9  # Keras' 0.999 leaves the statistics at their start in short runs.
-  config.model.depthwise_impl = "auto"  # 'auto' picks the fast CPU path on CPU, lax.conv elsewhere.
+  # Convolutions: 'auto' (oneDNN on CPU, lax.conv elsewhere), 'xla', 'onednn' or 'shifted'.
+  config.model.conv_impl = "auto"
   config.model.dtype = "float32"
   config.data.image_size = (320, 544)
   config.data.augment = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"

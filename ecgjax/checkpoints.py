@@ -333,19 +333,6 @@ def _local_target(directory: str) -> Any:
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree)
 
 
-def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]) -> dict[str, LoadedModel]:
-  """The trained backbones of a fused model: {key: LoadedModel} for every non-empty workdir."""
-  loaded = {}
-  for key, workdir in dict(workdirs).items():
-    if not workdir:
-      continue
-    try:
-      loaded[key] = load_model(workdir, "best")
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"config.fusion.workdirs.{key}={workdir!r}: {e}") from e
-  return loaded
-
-
 def save_inference_variables(workdir: str, config: ml_collections.ConfigDict,
                              variables: dict[str, Any], step: int = 0) -> str:
   """Writes a run directory holding only inference variables (e.g. converted Keras weights).

@@ -66,6 +66,39 @@ def create(workdir: str, *, just_logging: bool):
   return LogWriter()
 
 
+class EpochBar:
+  """A terminal progress bar of the steps of the current epoch, with its rate and remaining time
+  (tqdm), called with each step. Drawn on stderr only when that is a terminal, and cleared at the
+  epoch's end, where the trainer logs the epoch's line; logs redirected to a file get no bar."""
+
+  def __init__(self, steps_per_epoch: int, stream=None, min_interval_s: float = 0.1):
+    import sys  # pylint: disable=g-import-not-at-top
+    self.steps_per_epoch = int(steps_per_epoch)
+    self.min_interval_s = min_interval_s  # Redraws at most this often.
+    self.stream = stream if stream is not None else sys.stderr
+    self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+    self._bar = None
+
+  def __call__(self, step: int):
+    if not self.enabled:
+      return
+    import tqdm  # pylint: disable=g-import-not-at-top
+    done = (step - 1) % self.steps_per_epoch + 1
+    if self._bar is None:
+      self._bar = tqdm.tqdm(total=self.steps_per_epoch, initial=done - 1, leave=False,
+                            file=self.stream, unit="step", dynamic_ncols=True,
+                            mininterval=self.min_interval_s, miniters=1,
+                            desc=f"epoch {(step - 1) // self.steps_per_epoch + 1}")
+    self._bar.update(1)
+    if done == self.steps_per_epoch:
+      self.close()
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+
 def progress(writer, *, num_train_steps: int, every_steps: int):
   """A hook called with each step that reports steps/s (and the remaining time with clu)."""
   if periodic_actions is not None:

@@ -26,7 +26,6 @@ Not a test: speed targets are checked by reading this table, never in the test s
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -35,6 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from absl import app
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -45,6 +47,21 @@ from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top,wron
 DEFAULT_BATCH = {"cnn": 16, "mobilenet_v2": 16, "vgg16": 8}
 NUM_CLASSES = 4
 
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_string("models", "cnn,mobilenet_v2,vgg16", "Comma-separated configs/NAME.py names.")
+  flags.DEFINE_integer("batch", None, f"Batch size (default per model: {DEFAULT_BATCH}).")
+  flags.DEFINE_integer("size", 224, "Image height and width.")
+  flags.DEFINE_integer("steps", 3, "Timed steps per repeat.")
+  flags.DEFINE_integer("repeats", 3, "Repeats; the best is kept.")
+  flags.DEFINE_string("frameworks", "jax,keras", "Comma-separated: jax, keras.")
+  flags.DEFINE_bool("augment", False, "Keep the config's on-device augmentation in ecgjax's step.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir holding (or to build) ecg_synth/tiny.")
+  flags.DEFINE_string("worker", None, "Internal: the subprocess measuring one framework.")
+
 
 def _config(model_name: str, batch: int, size: int, augment: bool = False, data_dir=None):
   """The model's experiment config at SIZE x SIZE and this batch, reading ecg_synth/tiny."""
@@ -54,6 +71,10 @@ def _config(model_name: str, batch: int, size: int, augment: bool = False, data_
   config.data.val_fold = None  # Four folds of tiny train: 16 pages, one batch of 16.
   config.data.image_size = (size, size)
   config.data.resize_mode = "stretch"
+  # The seed's Keras models, which the keras worker builds: RGB input, and Keras' plain VGG16.
+  config.data.grayscale = False
+  if config.model.name == "vgg16":
+    config.model.batch_norm, config.model.kernel_init = False, "lecun"
   config.train.batch_size = config.eval.batch_size = batch
   if not augment:
     config.data.augment = ""
@@ -182,9 +203,9 @@ def run_keras(model_name: str, batch: int, size: int, steps: int, repeats: int,
 
 
 def _worker(args) -> None:
-  run = run_jax if args.worker == "jax" else run_keras
-  result = run(args.models, args.batch, args.size, args.steps, args.repeats, args.augment,
-               args.data_dir)
+  measure = run_jax if args.worker == "jax" else run_keras
+  result = measure(args.models, args.batch, args.size, args.steps, args.repeats, args.augment,
+                   args.data_dir)
   result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print("RESULT " + json.dumps(result))
 
@@ -214,39 +235,27 @@ def _spawn(framework: str, model: str, batch: int, args) -> dict:
   return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models", default="cnn,mobilenet_v2,vgg16")
-  parser.add_argument("--batch", type=int, default=None,
-                      help=f"batch size (default per model: {DEFAULT_BATCH})")
-  parser.add_argument("--size", type=int, default=224)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
-  parser.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept")
-  parser.add_argument("--frameworks", default="jax,keras")
-  parser.add_argument("--augment", action="store_true",
-                      help="keep the config's on-device augmentation in ecgjax's step")
-  parser.add_argument("--data_dir", default=None,
-                      help="TFDS data_dir holding (or to build) ecg_synth/tiny")
-  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.worker:
-    _worker(args)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.worker:
+    _worker(FLAGS)
     return
 
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
         f"GLIBC_TUNABLES={hugepages.environment().get('GLIBC_TUNABLES', '')!r}  "
-        f"size={args.size}  steps={args.steps}  "
-        f"repeats={args.repeats} (best kept; shared machine: figures are noisy)")
+        f"size={FLAGS.size}  steps={FLAGS.steps}  "
+        f"repeats={FLAGS.repeats} (best kept; shared machine: figures are noisy)")
   header = (f"{'model':13} {'batch':>5} {'fw':6} {'train img/s':>11} {'eval img/s':>10} "
             f"{'compile s':>9} {'peak GB':>7}")
   print(header)
-  for model in args.models.split(","):
+  for model in FLAGS.models.split(","):
     if model not in DEFAULT_BATCH:
       raise ValueError(f"--models: unknown model {model!r}; expected some of {list(DEFAULT_BATCH)}.")
-    batch = args.batch or DEFAULT_BATCH[model]
+    batch = FLAGS.batch or DEFAULT_BATCH[model]
     results = {}
-    for framework in args.frameworks.split(","):
-      results[framework] = r = _spawn(framework, model, batch, args)
+    for framework in FLAGS.frameworks.split(","):
+      results[framework] = r = _spawn(framework, model, batch, FLAGS)
       print(f"{model:13} {batch:5d} {framework:6} {r['train_ips']:11.2f} {r['eval_ips']:10.2f} "
             f"{r['compile_s']:9.1f} {r['peak_rss_gb']:7.2f}", flush=True)
     if {"jax", "keras"} <= set(results):
@@ -254,5 +263,10 @@ def main() -> None:
             f"{results['jax']['eval_ips'] / results['keras']['eval_ips']:10.2f}", flush=True)
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

@@ -20,13 +20,16 @@ Variants:
 Not a test: compile-time targets are read from this table.
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import types
+
+from absl import app
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -35,6 +38,24 @@ if REPO not in sys.path:
 VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "cache_warm")
 _XLA_FLAGS = {"no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
               "autotune_off": "--xla_gpu_autotune_level=0"}
+
+FLAGS = flags.FLAGS
+_FLAG_NAMES = ("models", "variants", "dataset", "manual_dir", "data_dir", "override", "steps",
+               "repeats", "worker", "cache_dir")
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_string("models", "cnn,mobilenet_v2,vgg16", "Comma-separated configs/NAME.py names.")
+  flags.DEFINE_string("variants", "default", f"Comma-separated, of: {', '.join(VARIANTS)}.")
+  flags.DEFINE_string("dataset", "ecg_synth/small", "TFDS NAME/CONFIG.")
+  flags.DEFINE_string("manual_dir", None, "ecg_images: where the release (or dev set) is.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+  flags.DEFINE_multi_string("override", [], "Config override FIELD=VALUE (repeatable).")
+  flags.DEFINE_integer("steps", 5, "Timed steps per repeat.")
+  flags.DEFINE_integer("repeats", 3, "Repeats; the best is kept.")
+  flags.DEFINE_bool("worker", False, "Internal: the subprocess measuring one variant.")
+  flags.DEFINE_string("cache_dir", None, "Internal: the worker's compilation cache.")
 
 
 def _pointwise_as_conv():
@@ -102,19 +123,10 @@ def _spawn(model: str, variant: str, args, cache_dir: str | None) -> dict:
   return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-  parser.add_argument("--models", default="cnn,mobilenet_v2,vgg16")
-  parser.add_argument("--variants", default="default")
-  parser.add_argument("--dataset", default="ecg_synth/small", help="TFDS NAME/CONFIG")
-  parser.add_argument("--manual_dir", default=None)
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--override", action="append", default=[], help="FIELD=VALUE, repeatable")
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
-  parser.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept")
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--cache_dir", default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = types.SimpleNamespace(**{name: FLAGS[name].value for name in _FLAG_NAMES})
   if args.worker:
     args.variant = args.variants
     print("RESULT " + json.dumps(_measure(args)), flush=True)
@@ -142,5 +154,10 @@ def main() -> None:
             f"| {r['train_img_s']:.0f} |")
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

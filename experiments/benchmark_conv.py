@@ -15,7 +15,6 @@ pass and the ratio of ecgjax's chosen implementation to TensorFlow.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -23,6 +22,9 @@ import re
 import subprocess
 import sys
 import time
+
+from absl import app
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -33,6 +35,17 @@ from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top,wron
 DEFAULT_LAYERS = ("16x224x224x3-32,16x112x112x32-64,16x56x56x64-128,16x28x28x128-256,"
                   "8x224x224x64-64,8x56x56x256-256,8x14x14x512-512,"
                   "16x112x112x96-96g96s2,16x56x56x144-144g144,16x56x56x144-24k1")
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_string("layers", DEFAULT_LAYERS, "Comma-separated layers NxHxWxC-D[kK][sS][gG].")
+  flags.DEFINE_integer("repeats", 5, "Timed calls of each pass; the best is kept.")
+  flags.DEFINE_string("impls", "xla,onednn", "Comma-separated ecgjax implementations to time.")
+  flags.DEFINE_bool("no-tf", False, "Leave TensorFlow out.")
+  flags.DEFINE_string("child", None, "Internal: the subprocess timing FRAMEWORK:LAYER.")
 
 
 def parse_layer(spec: str) -> dict:
@@ -106,19 +119,14 @@ def run_tf(layer: dict, repeats: int) -> dict:
           "kernel_grad": _best(lambda: dk(x, kernel, dy).numpy(), repeats)}
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--layers", default=DEFAULT_LAYERS)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--impls", default="xla,onednn")
-  parser.add_argument("--no-tf", action="store_true")
-  parser.add_argument("--child", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-  if args.child:
-    framework, spec = args.child.split(":", 1)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.child:
+    framework, spec = FLAGS.child.split(":", 1)
     layer = parse_layer(spec)
-    result = run_tf(layer, args.repeats) if framework == "tf" else run_jax(layer, framework,
-                                                                             args.repeats)
+    result = (run_tf(layer, FLAGS.repeats) if framework == "tf"
+              else run_jax(layer, framework, FLAGS.repeats))
     print(json.dumps(result))
     return
 
@@ -129,13 +137,13 @@ def main(argv=None) -> None:
 
   def child(framework, spec):
     out = subprocess.run([sys.executable, __file__, "--child", f"{framework}:{spec}",
-                          "--repeats", str(args.repeats)], capture_output=True, text=True,
+                          "--repeats", str(FLAGS.repeats)], capture_output=True, text=True,
                          env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
-  frameworks = args.impls.split(",") + ([] if args.no_tf else ["tf"])
+  frameworks = FLAGS.impls.split(",") + ([] if FLAGS["no-tf"].value else ["tf"])
   print(f"{'layer':28s}" + "".join(f"{f:>24s}" for f in frameworks) + "   chosen/tf (fwd, dx, dk)")
-  for spec in args.layers.split(","):
+  for spec in FLAGS.layers.split(","):
     results = {f: child(f, spec) for f in frameworks}
     cells = []
     for f in frameworks:
@@ -149,5 +157,10 @@ def main(argv=None) -> None:
     print(f"{spec:28s}" + "".join(f"{c:>24s}" for c in cells) + f"   {ratio}", flush=True)
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

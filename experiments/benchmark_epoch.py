@@ -12,7 +12,6 @@ times another checkout of ecgjax the same way (e.g. the previous commit, in a `g
 before and after are measured on the same machine. Prints the mean and every epoch.
 """
 
-import argparse
 import datetime
 import os
 import re
@@ -22,8 +21,22 @@ import subprocess
 import sys
 import tempfile
 
+from absl import app
+from absl import flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EPOCH = re.compile(r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*\] epoch (\d+) step \d+:")
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_string("config", "configs/default.py",
+                      "The experiment config (configs/NAME.py[:arg]).")
+  flags.DEFINE_integer("epochs", 4, "Epochs to run; epoch 1 is left out of the figures.")
+  flags.DEFINE_multi_string("override", [], "Config override FIELD=VALUE (repeatable).")
+  flags.DEFINE_string("repo", REPO, "The ecgjax checkout to time.")
 
 
 def epoch_seconds(log: str) -> list[float]:
@@ -36,21 +49,17 @@ def epoch_seconds(log: str) -> list[float]:
   return [(b - a).total_seconds() % 86400 for a, b in zip(times, times[1:])]
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-  parser.add_argument("--config", default="configs/default.py")
-  parser.add_argument("--epochs", type=int, default=4)
-  parser.add_argument("--override", action="append", default=[], help="FIELD=VALUE, repeatable")
-  parser.add_argument("--repo", default=REPO, help="the ecgjax checkout to time")
-  args = parser.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   workdir = tempfile.mkdtemp(prefix="ecgjax-epoch-")
-  command = [sys.executable, "-m", "ecgjax.main", f"--config={args.config}",
-             f"--workdir={workdir}", f"--config.train.num_epochs={args.epochs}",
+  command = [sys.executable, "-m", "ecgjax.main", f"--config={FLAGS.config}",
+             f"--workdir={workdir}", f"--config.train.num_epochs={FLAGS.epochs}",
              "--config.saliency.num_pages=0"]
-  command += [f"--config.{o}" for o in args.override]
-  env = dict(os.environ, PYTHONPATH=os.path.abspath(args.repo), TF_CPP_MIN_LOG_LEVEL="2")
+  command += [f"--config.{o}" for o in FLAGS.override]
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(FLAGS.repo), TF_CPP_MIN_LOG_LEVEL="2")
   try:
-    proc = subprocess.run(command, cwd=args.repo, env=env, capture_output=True, text=True,
+    proc = subprocess.run(command, cwd=FLAGS.repo, env=env, capture_output=True, text=True,
                           check=False)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
@@ -60,10 +69,15 @@ def main() -> None:
   if not seconds:
     raise SystemExit("No two end-of-epoch log lines: is there a validation fold "
                      "(config.data.val_fold) and are there at least 2 epochs?")
-  print(f"{args.repo}: {args.config} {' '.join(args.override)}")
-  print(f"seconds per epoch (epochs 2..{args.epochs}): mean {statistics.mean(seconds):.2f}, "
+  print(f"{FLAGS.repo}: {FLAGS.config} {' '.join(FLAGS.override)}")
+  print(f"seconds per epoch (epochs 2..{FLAGS.epochs}): mean {statistics.mean(seconds):.2f}, "
         f"each {', '.join(f'{s:.2f}' for s in seconds)}")
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

@@ -10,7 +10,6 @@ printed so that the two runs can be seen to agree. The target is N processes wit
 time plus 30 s. `--override FIELD=VALUE` (repeatable) changes the config of both.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -20,7 +19,20 @@ import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_string("config", "configs/cnn.py:smoke",
+                      "The experiment config (configs/NAME.py[:arg]).")
+  flags.DEFINE_integer("processes", 2, "N: processes of one device each, against 1 process of N.")
+  flags.DEFINE_multi_string("override", [], "Config override FIELD=VALUE for both (repeatable).")
 
 
 def _free_port() -> int:
@@ -29,7 +41,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run(config: str, processes: int, devices: int, overrides: list[str]) -> tuple[float, dict]:
+def time_launch(config: str, processes: int, devices: int,
+                overrides: list[str]) -> tuple[float, dict]:
   """(seconds from launch until all processes exited, the test report)."""
   workdir = tempfile.mkdtemp(prefix="ecgjax-multihost-")
   command = [sys.executable, "-m", "ecgjax.main", f"--config={config}", f"--workdir={workdir}"]
@@ -56,21 +69,23 @@ def run(config: str, processes: int, devices: int, overrides: list[str]) -> tupl
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-  parser.add_argument("--config", default="configs/cnn.py:smoke")
-  parser.add_argument("--processes", type=int, default=2)
-  parser.add_argument("--override", action="append", default=[], help="FIELD=VALUE, repeatable")
-  args = parser.parse_args()
-  one_s, one = run(args.config, 1, args.processes, args.override)
-  many_s, many = run(args.config, args.processes, 1, args.override)
-  n = args.processes
-  print(f"{args.config} {' '.join(args.override)}")
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  one_s, one = time_launch(FLAGS.config, 1, FLAGS.processes, FLAGS.override)
+  many_s, many = time_launch(FLAGS.config, FLAGS.processes, 1, FLAGS.override)
+  n = FLAGS.processes
+  print(f"{FLAGS.config} {' '.join(FLAGS.override)}")
   print(f"| launch | wall s | test macro-F1 |\n|---|---|---|\n"
         f"| 1 process, {n} devices | {one_s:.1f} | {one['macro_f1']:.4f} |\n"
         f"| {n} processes, 1 device each | {many_s:.1f} | {many['macro_f1']:.4f} |")
   print(f"{n} processes took {many_s - one_s:+.1f} s against one (target: at most +30 s).")
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

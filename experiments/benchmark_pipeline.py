@@ -22,7 +22,6 @@ and prints a table with the rates and the input path's margin over the step (the
 Not a test: speed targets are read from this table, never asserted in the test suite.
 """
 
-import ast
 import importlib
 import json
 import os
@@ -38,17 +37,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-flags.DEFINE_list("models", ["cnn", "mobilenet_v2", "vgg16"], "Config names under configs/.")
-flags.DEFINE_list("workers", ["0", "2"], "grain worker counts to time the input path with.")
-flags.DEFINE_integer("batches", 50, "Batches timed per input-path measurement (after a warm-up).")
-flags.DEFINE_integer("steps", 3, "Train steps timed per measurement (after compilation).")
-flags.DEFINE_integer("repeats", 3, "Repeats of each step measurement; the best is kept.")
-flags.DEFINE_string("dataset", "ecg_synth/small", "TFDS data set NAME/CONFIG to read.")
-flags.DEFINE_string("manual_dir", None, "ecg_images: where the release (or dev set) is.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (the data set is built there if missing).")
-flags.DEFINE_multi_string("override", [], "Config overrides FIELD=VALUE for every model.")
-flags.DEFINE_string("out", None, "Directory for results.json (optional).")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_list("models", ["cnn", "mobilenet_v2", "vgg16"], "Config names under configs/.")
+  flags.DEFINE_list("workers", ["0", "2"], "grain worker counts to time the input path with.")
+  flags.DEFINE_integer("batches", 50, "Batches timed per input-path measurement (after a warm-up).")
+  flags.DEFINE_integer("steps", 3, "Train steps timed per measurement (after compilation).")
+  flags.DEFINE_integer("repeats", 3, "Repeats of each step measurement; the best is kept.")
+  flags.DEFINE_string("dataset", "ecg_synth/small", "TFDS data set NAME/CONFIG to read.")
+  flags.DEFINE_string("manual_dir", None, "ecg_images: where the release (or dev set) is.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir (the data set is built there if missing).")
+  flags.DEFINE_multi_string("override", [], "Config overrides FIELD=VALUE for every model.")
+  flags.DEFINE_string("out", None, "Directory for results.json (optional).")
 
 
 def config_for(name: str, dataset: str, manual_dir=None, data_dir=None, overrides=()):
@@ -57,18 +60,8 @@ def config_for(name: str, dataset: str, manual_dir=None, data_dir=None, override
   config.dataset.name, config.dataset.config = dataset.split("/")
   config.dataset.manual_dir = manual_dir
   config.dataset.data_dir = data_dir
-  for item in overrides:
-    field, value = item.split("=", 1)
-    node = config
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    node[leaf] = value
-  return config
+  from experiments import sweep  # pylint: disable=g-import-not-at-top
+  return sweep.apply_overrides(config, overrides)
 
 
 def _config(name):
@@ -230,7 +223,12 @@ def main(argv):
       json.dump(rows, f, indent=2)
 
 
-if __name__ == "__main__":
+def run() -> None:
   from ecgjax.kernels import hugepages  # pylint: disable=g-import-not-at-top
   hugepages.ensure()  # As the ecgjax commands do: the step timed is the step users run.
+  _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -26,15 +26,19 @@ import ml_collections
 
 from configs import default
 from ecgjax import models
-from ecgjax import saliency
+from ecgjax.saliency import attribution as saliency  # Times the attribution maths alone.
 
-flags.DEFINE_list("models", ["cnn", "mobilenet_v2"], "Models to time (config.model.name).")
-flags.DEFINE_list("image_size", ["256", "448"], "Input height,width (default: the default config).")
-flags.DEFINE_integer("num_samples", 50, "SmoothGrad noise samples per page.")
-flags.DEFINE_integer("pages", 2, "Pages per SmoothGrad call.")
-flags.DEFINE_integer("repeats", 3, "Timed calls of each; the median is printed.")
-flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_list("models", ["cnn", "mobilenet_v2"], "Models to time (config.model.name).")
+  flags.DEFINE_list("image_size", ["256", "448"], "Input height,width (default: the default config).")
+  flags.DEFINE_integer("num_samples", 50, "SmoothGrad noise samples per page.")
+  flags.DEFINE_integer("pages", 2, "Pages per SmoothGrad call.")
+  flags.DEFINE_integer("repeats", 3, "Timed calls of each; the median is printed.")
+  flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -64,14 +68,15 @@ def timed(fns, repeats: int) -> tuple[list[float], list[float]]:
 def main(argv):
   del argv
   h, w = map(int, FLAGS.image_size)
+  c = 1 if default.get_config().data.grayscale else 3  # The default config's input channels.
   n, pages = FLAGS.num_samples, FLAGS.pages
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
-        f"input {h}x{w}x3, {n} samples, {pages} pages per call, median of {FLAGS.repeats}.")
+        f"input {h}x{w}x{c}, {n} samples, {pages} pages per call, median of {FLAGS.repeats}.")
   for name in FLAGS.models:
     model = models.create_model(model_config(name))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, h, w, 3)))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, h, w, c)))
     logit_fn = functools.partial(model.apply, variables)
-    images = jax.random.uniform(jax.random.key(1), (pages, h, w, 3), minval=-1.0, maxval=1.0)
+    images = jax.random.uniform(jax.random.key(1), (pages, h, w, c), minval=-1.0, maxval=1.0)
     targets = jnp.zeros((pages,), jnp.int32)
     batch = jnp.repeat(images[:1], n, axis=0)
     batch_targets = jnp.zeros((n,), jnp.int32)
@@ -86,5 +91,10 @@ def main(argv):
           f"| first calls (with compile) {compile_b:.1f} s, {compile_s:.1f} s")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  _define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -10,20 +10,28 @@ time, which other jobs on a shared machine barely disturb; wall-clock rates are 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+
+from absl import app
+from absl import flags
 
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import synth
 
+FLAGS = flags.FLAGS
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--pages", type=int, default=40, help="Pages per measurement.")
-  parser.add_argument("--pool", action="store_true", help="Also time generation on all cores.")
-  args = parser.parse_args()
-  jobs = [(CLASS_NAMES[i % 4], 1000 + i) for i in range(args.pages)]
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
+  flags.DEFINE_integer("pages", 40, "Pages per measurement.")
+  flags.DEFINE_bool("pool", False, "Also time generation on all cores.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  jobs = [(CLASS_NAMES[i % 4], 1000 + i) for i in range(FLAGS.pages)]
   synth.prepare()  # Static page parts are cached per process, as in every worker.
   cpu = {"simulate": 0.0, "render": 0.0, "encode": 0.0}
   wall = dict(cpu)
@@ -45,7 +53,7 @@ def main() -> None:
           f"ms/page), {n / wall[stage]:7.1f} by wall clock"
           + ("   target >= 10" if stage == "total" else ""))
 
-  if args.pool:
+  if FLAGS.pool:
     import tempfile
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as out:
@@ -57,5 +65,10 @@ def main() -> None:
           f"({pages / seconds / cores:.1f} per core, including process start-up)")
 
 
+def run() -> None:
+  _define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run()

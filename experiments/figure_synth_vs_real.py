@@ -9,8 +9,10 @@ right column a synthetic page of the same class from `ecgjax.data.synth`.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
+
+from absl import app
+from absl import flags
 
 import matplotlib
 
@@ -21,18 +23,25 @@ from PIL import Image  # noqa: E402
 from ecgjax.classes import CLASS_NAMES  # noqa: E402
 from ecgjax.data import synth  # noqa: E402
 
+FLAGS = flags.FLAGS
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so importing this module defines no global flags."""
   beside_repo = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-  parser.add_argument("--sample_dir", default=str(beside_repo / "ecg_images_sample"))
-  parser.add_argument("--out", default="docs/synth_vs_real.png")
-  parser.add_argument("--seed", type=int, default=2)
-  parser.add_argument("--width", type=int, default=700, help="Width of each page in the figure, px.")
-  args = parser.parse_args()
-  sample = pathlib.Path(args.sample_dir)
-  fig, axes = plt.subplots(len(CLASS_NAMES), 2, figsize=(2 * args.width / 100, len(CLASS_NAMES)
-                                                          * args.width * 1572 / 2213 / 100 + 0.8),
+  flags.DEFINE_string("sample_dir", str(beside_repo / "ecg_images_sample"),
+                      "The 16-page sample of the release.")
+  flags.DEFINE_string("out", "docs/synth_vs_real.png", "The figure to write.")
+  flags.DEFINE_integer("seed", 2, "Seed of the synthetic pages.")
+  flags.DEFINE_integer("width", 700, "Width of each page in the figure, px.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  sample = pathlib.Path(FLAGS.sample_dir)
+  fig, axes = plt.subplots(len(CLASS_NAMES), 2, figsize=(2 * FLAGS.width / 100, len(CLASS_NAMES)
+                                                          * FLAGS.width * 1572 / 2213 / 100 + 0.8),
                            dpi=100)
   for row, name in enumerate(CLASS_NAMES):
     folder = sample / synth.RELEASE_FOLDERS[name]
@@ -40,9 +49,9 @@ def main() -> None:
     if not real_path.exists():
       raise FileNotFoundError(f"Real sample page {real_path} not found; pass --sample_dir.")
     real = Image.open(real_path).convert("RGB")
-    seed = synth.page_seed(args.seed, name, 0)
+    seed = synth.page_seed(FLAGS.seed, name, 0)
     fake = Image.fromarray(synth.render(synth.simulate(name, seed), seed))
-    size = (args.width, round(args.width * real.height / real.width))
+    size = (FLAGS.width, round(FLAGS.width * real.height / real.width))
     for col, (image, kind) in enumerate([(real, f"real: {real_path.name}"),
                                          (fake, f"synthetic: seed {seed}")]):
       ax = axes[row, col]
@@ -50,10 +59,15 @@ def main() -> None:
       ax.set_title(f"{name} — {kind}", fontsize=9)
       ax.axis("off")
   fig.tight_layout()
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(args.out)
-  print(f"Wrote {args.out}")
+  pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(FLAGS.out)
+  print(f"Wrote {FLAGS.out}")
+
+
+def run() -> None:
+  _define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  main()
+  run()

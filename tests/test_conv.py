@@ -106,8 +106,7 @@ def test_without_a_compiler_auto_falls_back_and_onednn_says_why(tmp_path):
 @pytest.mark.parametrize("make", [
     lambda impl: cnn.CustomCNN(4, filters=(4, 8), dense_units=8, dropout=0.0, conv_impl=impl),
     lambda impl: vgg16.VGG16(4, head="gap", width=1 / 16, conv_impl=impl),
-    lambda impl: mobilenet_v2.MobileNetV2(
-        4, alpha=0.35, conv_impl=impl, depthwise_impl="onednn" if impl == "onednn" else "xla_conv"),
+    lambda impl: mobilenet_v2.MobileNetV2(4, alpha=0.35, conv_impl=impl),
 ], ids=["cnn", "vgg16", "mobilenet_v2"])
 def test_models_are_the_same_function_with_either_convolution(make):
   images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)

@@ -1,6 +1,12 @@
-"""Keras -> Flax weight import: random-weight Keras models and the converted Flax models agree."""
+"""Keras -> Flax weight import: random-weight Keras models and the converted Flax models agree.
+
+Also the command that writes the conversion as a run directory (`ecgjax.convert_keras`)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import jax
 import keras  # Keras 3 on TensorFlow, pinned in setup.py: a real dependency, never skipped.
@@ -8,15 +14,18 @@ import numpy as np
 import pytest
 
 from ecgjax import checkpoints
+from ecgjax import convert_keras
 from ecgjax.models import keras_import
 from ecgjax.models.mobilenet_v2 import MobileNetV2
 from ecgjax.models.vgg16 import VGG16
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _randomise(keras_model, seed=0):
   """He-scaled kernels, nonzero biases and BatchNorm statistics, so every weight matters."""
   rng = np.random.default_rng(seed)
-  for layer in keras_import._iter_layers(keras_model):  # pylint: disable=protected-access
+  for layer in keras_import.iter_layers(keras_model):
     new = []
     for w in layer.get_weights():
       if isinstance(layer, keras.layers.BatchNormalization):
@@ -90,16 +99,34 @@ def test_gray_model_and_dropped_top(tiny_keras_mobilenet):
   assert variables["params"]["predictions"]["kernel"].shape == (1280, 3)
 
 
+def _convert_cli(*args):
+  return subprocess.run([sys.executable, "-m", "ecgjax.convert_keras", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
+
+
 def test_cli_writes_a_checkpoint_that_restores(tiny_keras_mobilenet, tmp_path):
   path = str(tmp_path / "seed.keras")
   tiny_keras_mobilenet.save(path)
-  keras_import.main(["--model", "mobilenet_v2", "--weights", path, "--alpha", "0.35",
-                     "--workdir", str(tmp_path / "work")])
+  workdir = str(tmp_path / "work")
+  out = _convert_cli("--model=mobilenet_v2", f"--weights={path}", "--alpha=0.35",
+                     f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Wrote " in out.stdout
   # The workdir is a run like any other: load_model (used by init_from, predict, saliency) restores it.
-  loaded = checkpoints.load_model(str(tmp_path / "work"))
+  loaded = checkpoints.load_model(workdir)
   assert loaded.config.model.name == "mobilenet_v2" and loaded.config.model.alpha == 0.35
   assert loaded.step == 0
   _assert_same_logits(tiny_keras_mobilenet, loaded.model, loaded.variables, _images(32))
   with pytest.raises(FileExistsError, match="choose a new --workdir"):
-    keras_import.main(["--model", "mobilenet_v2", "--weights", path, "--alpha", "0.35",
-                       "--workdir", str(tmp_path / "work")])
+    convert_keras.convert("mobilenet_v2", path, workdir, alpha=0.35)
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+  out = _convert_cli("--model=mobilenet_v2", f"--weights={tmp_path / 'missing.h5'}",
+                     f"--workdir={tmp_path / 'work'}")
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"ecgjax.convert_keras: Keras weights file {str(tmp_path / 'missing.h5')!r} does not exist.")
+  with pytest.raises(ValueError, match="expected KERAS_NAME=FLAX_NAME"):
+    convert_keras.parse_rename(["dense"])

@@ -50,8 +50,8 @@ def test_train_mode_updates_batch_stats_and_uses_dropout(tiny):
 
 def test_depthwise_impls_give_the_same_logits(tiny):
   model, images, variables = tiny
-  reference = model.clone(depthwise_impl="xla_conv").apply(variables, images)
-  np.testing.assert_allclose(model.clone(depthwise_impl="shifted").apply(variables, images),
+  reference = model.clone(conv_impl="xla").apply(variables, images)
+  np.testing.assert_allclose(model.clone(conv_impl="shifted").apply(variables, images),
                              reference, rtol=1e-5, atol=1e-5)
 
 

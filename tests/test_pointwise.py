@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecgjax.models.pointwise import PointwiseConv, pointwise_conv
+from ecgjax.models.conv import Conv
+from ecgjax.models.pointwise import pointwise_conv
 
 
 def test_pointwise_equals_flax_conv_values_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, 12))
-  ours, reference = PointwiseConv(5, use_bias=True), nn.Conv(5, (1, 1), use_bias=True)
+  ours, reference = Conv(5, (1, 1), use_bias=True), nn.Conv(5, (1, 1), use_bias=True)
   variables = ours.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
       jnp.shape, reference.init(jax.random.key(1), x))
@@ -28,7 +29,7 @@ def test_pointwise_equals_flax_conv_values_and_gradients():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-  module = PointwiseConv(3, dtype=jnp.bfloat16)
+  module = Conv(3, (1, 1), use_bias=False, dtype=jnp.bfloat16)
   variables = module.init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
   assert variables["params"]["kernel"].dtype == jnp.float32
   assert module.apply(variables, jnp.ones((1, 2, 2, 4))).dtype == jnp.bfloat16

@@ -258,7 +258,8 @@ def workdir(tmp_path_factory):
   config = default.get_config("smoke")
   checkpoints.write_config(config, path)
   model = models.create_model(config.model)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, 3)))
+  channels = 1 if config.data.grayscale else 3
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))
   state = {"params": variables["params"], "ema_params": variables["params"],
            "eval_batch_stats": variables["batch_stats"]}
   manager = checkpoints.make_manager(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from ecgjax.data import layout as layout_lib
 from ecgjax.data import synth
 
 from sample_data import SAMPLE_DIR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STILL = synth.PageStyle(max_rotation_deg=0.0, max_offset_px=0.0)  # Pixel positions are exact.
 
 
@@ -288,7 +292,8 @@ def test_render_rejects_short_records():
 
 
 def test_cli_writes_release_layout(tmp_path):
-  synth.main(["--out", str(tmp_path), "--per_class", "1", "--seed", "4", "--workers", "1"])
+  subprocess.run([sys.executable, "-m", "ecgjax.data.synth", f"--out={tmp_path}", "--per_class=1",
+                  "--seed=4", "--workers=1"], check=True, cwd=REPO, capture_output=True)
   files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
   assert files == sorted(f"{synth.RELEASE_FOLDERS[c]}/{synth.RELEASE_PREFIXES[c]}(1).jpg"
                          for c in CLASS_NAMES)

@@ -15,7 +15,6 @@ demos and tests, never for claims about real patients.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -683,20 +682,31 @@ def write_release(out: str, per_class: int, seed: int, workers: int | None = Non
     return pool.map(_write_page, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m ecgjax.data.synth",
-      description="Writes synthetic ECG pages as JPEGs in the real release's folder layout.")
-  parser.add_argument("--out", required=True, help="Output directory (created).")
-  parser.add_argument("--per_class", type=int, required=True, help="Pages per class.")
-  parser.add_argument("--seed", type=int, default=0, help="Base seed; equal seeds, equal pages.")
-  parser.add_argument("--workers", type=int, default=None, help="Processes (default: all cores).")
-  args = parser.parse_args(argv)
-  if args.per_class < 1:
-    parser.error(f"--per_class must be >= 1, got {args.per_class}.")
-  paths = write_release(args.out, args.per_class, args.seed, args.workers)
-  print(f"Wrote {len(paths)} pages under {args.out}.", file=sys.stderr)
+def _define_flags() -> None:
+  """`python -m ecgjax.data.synth`: writes synthetic ECG pages as JPEGs in the real release's folder
+  layout. Defined only when run as a command, so importing this module defines no global flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", None, "Output directory (created).", required=True)
+  flags.DEFINE_integer("per_class", None, "Pages per class.", lower_bound=1, required=True)
+  flags.DEFINE_integer("seed", 0, "Base seed; equal seeds, equal pages.")
+  flags.DEFINE_integer("workers", None, "Processes (default: all cores).")
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  paths = write_release(f.out, f.per_class, f.seed, f.workers)
+  print(f"Wrote {len(paths)} pages under {f.out}.", file=sys.stderr)
+
+
+def run() -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
 
 
 if __name__ == "__main__":
-  main()
+  run()

@@ -19,8 +19,10 @@ XLA FFI handlers (`onednn_conv.cc`: forward, input gradient, kernel gradient) ti
 `jax.custom_vjp`. The handlers are compiled on first use against the oneDNN headers of the machine
 (Debian/Ubuntu: ``apt-get install libdnnl-dev``; `scripts/env.sh` does it) and cached by source
 hash in ``$ECGJAX_KERNEL_CACHE`` (default ``~/.cache/ecgjax``). Without a compiler or oneDNN, 'auto'
-falls back to XLA's convolution and says so once in the log; ``impl='onednn'`` then fails with the
-compiler's message.
+falls back to XLA's convolution (a depthwise one to the shifted form of `ecgjax.models.depthwise`)
+and says so once in the log; ``impl='onednn'`` then fails with the compiler's message.
+`ecgjax.models.conv.conv_general_dilated`, the convolution that every model's `flax.linen.Conv`
+runs, asks `resolve_impl` for each layer.
 
 'auto' also keeps XLA's convolution when there is more than one device (XLA's SPMD partitioner
 cannot split a custom call over a mesh; a single CPU device already uses every core) and for dtypes
@@ -46,7 +48,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-IMPLS = ("auto", "xla", "onednn")
+IMPLS = ("auto", "xla", "onednn", "shifted")
 Padding = str | Sequence[tuple[int, int]]
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
@@ -128,16 +130,34 @@ def onednn_available() -> bool:
     return False
 
 
-def resolve_impl(impl: str = "auto", dtype=jnp.float32) -> str:
-  """Returns the concrete implementation for `impl`: 'auto' picks by backend, devices and dtype."""
+def resolve_impl(impl: str = "auto", dtype=jnp.float32, *, depthwise: bool = False,
+                 backend: str | None = None) -> str:
+  """The implementation that runs a convolution: 'onednn', 'xla' or (depthwise only) 'shifted'.
+
+  The one place that picks, for every convolution of every model (`config.model.conv_impl`).
+  'auto' is oneDNN on a single CPU device for float32 when the library builds; otherwise XLA, except
+  that a depthwise convolution on CPU takes the shifted form (`ecgjax.models.depthwise`), since
+  XLA:CPU's grouped convolution is far slower. 'shifted' asks for the shifted form by hand and means
+  'xla' for every convolution that is not depthwise.
+
+  Args:
+    impl: one of `IMPLS`.
+    dtype: the computation dtype.
+    depthwise: whether the convolution is depthwise (one input channel per group, as many outputs).
+    backend: the JAX backend name; defaults to `jax.default_backend()`.
+  """
   if impl not in IMPLS:
     raise ValueError(f"Unknown conv_impl {impl!r}; expected one of {IMPLS}.")
+  if impl == "shifted":
+    return impl if depthwise else "xla"
   if impl != "auto":
     return impl
-  if (jax.default_backend() == "cpu" and jax.device_count() == 1
-      and jnp.dtype(dtype) == jnp.float32 and onednn_available()):
+  # Only XLA:CPU lacks fast convolutions; GPU (cuDNN) and TPU have them.
+  if (backend or jax.default_backend()) != "cpu":
+    return "xla"
+  if jax.device_count() == 1 and jnp.dtype(dtype) == jnp.float32 and onednn_available():
     return "onednn"
-  return "xla"
+  return "shifted" if depthwise else "xla"
 
 
 def explicit_padding(spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],

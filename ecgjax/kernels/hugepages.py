@@ -1,10 +1,10 @@
 """Transparent huge pages for XLA:CPU's buffers: a process-wide setting made at start-up.
 
 XLA:CPU allocates every large intermediate buffer with malloc, and glibc serves each one with fresh
-4 KiB pages: every train step touches hundreds of MB of new pages, one page fault per 4 KiB. A
-16x224x224x32 float32 copy took 25.7 ms that way and 6.4 ms with 2 MiB transparent huge pages.
-Whole train steps at 224x224 (`python experiments/benchmark.py`, 2 cores): CustomCNN 40 -> 63
-img/s, MobileNetV2 30 -> 61, while TensorFlow, whose allocator reuses its memory, gains little.
+4 KiB pages: every train step touches hundreds of MB of new pages, one page fault per 4 KiB. With
+2 MiB transparent huge pages the faults are 512 times fewer. `python experiments/benchmark.py` times
+whole train steps; run it with ``ECGJAX_HUGE_PAGES=0`` and without to see what this is worth on a
+machine (the README's "Benchmarks" has the figures of this project's 2-core machine).
 
 glibc (2.35 and later) asks the kernel for huge pages when the tunable ``glibc.malloc.hugetlb=1`` is
 in ``GLIBC_TUNABLES``, which glibc reads only when a process starts. So the command-line entry points

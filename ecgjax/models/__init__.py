@@ -40,6 +40,10 @@ def model_kwargs(model_config: ml_collections.ConfigDict | dict[str, Any]) -> di
   """The constructor arguments in `model_config` (all fields but `name`), with dtypes resolved."""
   kwargs = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
   kwargs.pop("name")
+  # MobileNetV2's `depthwise_impl` is now `conv_impl`, which every convolution shares. Runs saved
+  # before it merged still load: the choice changes speed only, never the function computed, and
+  # 'auto' picks the fast path of the machine that loads them.
+  kwargs.pop("depthwise_impl", None)
   for key in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(key), str):
       if kwargs[key] not in _DTYPES:

@@ -1,72 +1,44 @@
-"""Depthwise 2D convolution with an implementation chosen per backend, in one place.
+"""Depthwise 2D convolution as shifted slices: XLA:CPU's fast form when oneDNN cannot be built.
 
 XLA:CPU runs a depthwise convolution (`lax.conv_general_dilated` with ``feature_group_count`` equal
-to the channel count) 25-60 times slower than TensorFlow does, forward and backward. On a single
-float32 CPU device it runs in oneDNN (`ecgjax.kernels.conv`, 'onednn'): 1.3 / 2.4 / 1.7 ms forward /
-input / kernel gradient on 16x56x56x144 against XLA's 137 / 137 / 122
-(`python experiments/benchmark_conv.py`). Where oneDNN cannot be built, the same operation is
-written as ``kh * kw`` shifted, strided slices of the padded input, each multiplied by one tap of the
-kernel and summed ('shifted'): a chain of elementwise ops that XLA:CPU fuses into a few loops, with a
-hand-written gradient (polyphase input gradient, one variadic reduction for the kernel gradient).
-On GPU and TPU the grouped convolution is the fast path ('xla_conv'). All implementations compute
-the same function (tests/test_depthwise.py and tests/test_conv.py check values and gradients);
-`resolve_impl` is the only place that picks one.
+to the channel count) far slower than TensorFlow does, forward and backward
+(`python experiments/benchmark_conv.py` prints both, per layer). On a single float32 CPU device it
+runs in oneDNN (`ecgjax.kernels.conv`, 'onednn'). Where oneDNN cannot be built, the same operation is
+written here as ``kh * kw`` shifted, strided slices of the padded input, each multiplied by one tap
+of the kernel and summed ('shifted'): a chain of elementwise ops that XLA:CPU fuses into a few loops,
+with a hand-written gradient (polyphase input gradient, one variadic reduction for the kernel
+gradient). On GPU and TPU the grouped convolution is the fast path ('xla').
+`ecgjax.kernels.conv.resolve_impl` is the only place that picks one, and
+`ecgjax.models.conv.conv_general_dilated` runs it; all compute the same function
+(tests/test_depthwise.py and tests/test_conv.py check values and gradients).
 
-Not for: grouped convolutions with a depth multiplier other than 1 (MobileNetV2 needs none).
+Not for: grouped convolutions with a depth multiplier other than 1 (MobileNetV2 needs none); the
+layer (`ecgjax.models.conv.Conv` with ``feature_group_count`` equal to the channels).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from ecgjax.kernels import conv as conv_kernels
-from ecgjax.models.conv import apply_conv_layer
 
-IMPLS = ("auto", "xla_conv", "shifted", "onednn")
 Padding = str | Sequence[tuple[int, int]]
 
 
-def resolve_impl(impl: str = "auto", backend: str | None = None, dtype=jnp.float32) -> str:
-  """Returns the concrete implementation for `impl`: 'auto' picks by backend.
-
-  On CPU, 'auto' is oneDNN's depthwise convolution when `ecgjax.kernels.conv` would use oneDNN
-  (single device, float32, library built), else the shifted form; elsewhere XLA's grouped
-  convolution.
-
-  Args:
-    impl: one of `IMPLS`.
-    backend: the JAX backend name; defaults to `jax.default_backend()`.
-    dtype: the computation dtype.
-  """
-  if impl not in IMPLS:
-    raise ValueError(f"Unknown depthwise_impl {impl!r}; expected one of {IMPLS}.")
-  if impl != "auto":
-    return impl
-  backend = backend or jax.default_backend()
-  # Only XLA:CPU lacks a fast grouped convolution; GPU (cuDNN) and TPU have one.
-  if backend != "cpu":
-    return "xla_conv"
-  return "onednn" if conv_kernels.resolve_impl("auto", dtype) == "onednn" else "shifted"
-
-
-def depthwise_conv2d(
-    x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), padding: Padding = "SAME",
-    impl: str = "auto") -> jax.Array:
-  """Depthwise convolution of NHWC `x` with `kernel` of shape (kh, kw, 1, C).
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
+                     padding: Padding = "SAME") -> jax.Array:
+  """Depthwise convolution of NHWC `x` with `kernel` of shape (kh, kw, 1, C), as shifted slices.
 
   Args:
     x: (B, H, W, C) input.
     kernel: (kh, kw, 1, C), the layout `flax.linen.Conv` uses for ``feature_group_count=C``.
     strides: (sh, sw).
     padding: 'SAME', 'VALID' or explicit ((top, bottom), (left, right)), as in `lax.conv`.
-    impl: 'auto', 'xla_conv', 'shifted' or 'onednn' (see `resolve_impl`).
 
   Returns:
     (B, H', W', C), the same as `lax.conv_general_dilated(..., feature_group_count=C)`.
@@ -77,14 +49,6 @@ def depthwise_conv2d(
                      f"expected (kh, kw, 1, {x.shape[-1]}).")
   strides = tuple(int(s) for s in strides)
   pads = conv_kernels.explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
-  impl = resolve_impl(impl, dtype=jnp.result_type(x, kernel))
-  if impl == "onednn":
-    return conv_kernels.conv2d(x, kernel, strides, pads, groups=channels, impl="onednn")
-  if impl == "xla_conv":
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=strides, padding=pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
-
   return _shifted_depthwise(x, kernel, strides, tuple(pads))
 
 
@@ -161,35 +125,3 @@ def _shifted_depthwise_bwd(strides, pads, residuals, grad):
 
 _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
-
-class DepthwiseConv(nn.Module):
-  """Depthwise 2D convolution layer (depth multiplier 1), NHWC.
-
-  Parameters are named and shaped as in `flax.linen.Conv` with ``feature_group_count=C``: ``kernel``
-  (kh, kw, 1, C) and optional ``bias`` (C,).
-
-  Attributes:
-    kernel_size: (kh, kw).
-    strides: (sh, sw).
-    padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
-    use_bias: whether to add a per-channel bias.
-    impl: 'auto', 'xla_conv', 'shifted' or 'onednn'; see `resolve_impl`.
-    dtype: computation dtype.
-    param_dtype: parameter dtype.
-  """
-
-  kernel_size: tuple[int, int] = (3, 3)
-  strides: tuple[int, int] = (1, 1)
-  padding: Padding = "SAME"
-  use_bias: bool = False
-  impl: str = "auto"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return apply_conv_layer(
-        self, x, (*self.kernel_size, 1, x.shape[-1]),
-        lambda x, kernel: depthwise_conv2d(x, kernel, self.strides, self.padding, self.impl))

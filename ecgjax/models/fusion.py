@@ -10,10 +10,11 @@
 
 Backbone variables live under ``params/backbone_<key>`` (and ``batch_stats/backbone_<key>``), the
 same trees each backbone has on its own, so a trained backbone checkpoint drops in. Restoring them
-from their workdirs is the trainer's job, not this module's. With `freeze_backbones` (default) the
-backbones run in inference mode (running BatchNorm statistics, no dropout) and their outputs pass
-through `jax.lax.stop_gradient`, so they receive zero gradients; the trainer should also mask them
-out of the optimizer (e.g. `optax.multi_transform`) so that weight decay does not move them.
+from their workdirs is `ecgjax.fusion_backbones`' job, not this module's (a model knows nothing of
+runs). With `freeze_backbones` (default) the backbones run in inference mode (running BatchNorm
+statistics, no dropout) and their outputs pass through `jax.lax.stop_gradient`, so they receive zero
+gradients; `fusion_backbones` also masks them out of the optimizer, so that weight decay does not
+move them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 METHODS = ("concat_mlp", "mean_probs", "learned_logit_weights")
+BACKBONE_PREFIX = "backbone_"  # Backbone <key>'s variables are the subtree `backbone_<key>`.
 
 
 def _build_backbone(spec: Any, num_classes: int, dtype: Any) -> nn.Module:
@@ -77,7 +79,7 @@ class FusedModel(nn.Module):
     all_logits, all_features = [], []
     for key, spec in specs.items():
       backbone = _build_backbone(spec, self.num_classes, self.dtype).clone(
-          name=f"backbone_{key}", parent=self)
+          name=f"{BACKBONE_PREFIX}{key}", parent=self)
       logits, features = backbone(images, train=train and not self.freeze_backbones,
                                   return_features=True)
       if logits.shape[-1] != self.num_classes:

@@ -1,28 +1,22 @@
-"""Converts Keras MobileNetV2 / VGG16 weights into Flax variables and an orbax checkpoint.
+"""Converts Keras MobileNetV2 / VGG16 weights into Flax variables: the library side of the import.
 
-Run as::
-
-  python -m ecgjax.models.keras_import --model mobilenet_v2 --weights FILE.h5 --workdir DIR \
-      [--alpha 1.0] [--image_size 224] [--channels 3] [--drop_top] [--rename dense=predictions]
-
-FILE may be a whole saved model (`.keras`, or `.h5` written by `model.save`), possibly with the
-application nested inside it, or a weights-only `.h5` such as Keras' ImageNet files (with or without
-the classifier top), for which the Keras application is built first. The variables are written with
-`save_variables`; training, evaluation and saliency restore them like any other checkpoint.
-
-`from_keras(keras_model, model)` maps weights by layer name onto our modules (their layers carry
-Keras' names), and fails naming the layer on any name or shape mismatch. Two conversions are allowed
-on purpose: a 3-channel first convolution is summed over its input channels for a 1-channel (gray)
-model, which gives identical outputs on gray images; and with `drop_top` Keras' `predictions` layer
-is ignored (e.g. 1000 ImageNet classes) and ours keeps its fresh initialisation.
+`load_keras_model(path, model_name)` reads a whole saved model (`.keras`, or `.h5` written by
+`model.save`), possibly with the application nested inside it, or a weights-only `.h5` such as
+Keras' ImageNet files (with or without the classifier top), for which the Keras application is built
+first. `from_keras(keras_model, model)` maps weights by layer name onto our modules (their layers
+carry Keras' names), and fails naming the layer on any name or shape mismatch. Two conversions are
+allowed on purpose: a 3-channel first convolution is summed over its input channels for a 1-channel
+(gray) model, which gives identical outputs on gray images; and with `drop_top` Keras' `predictions`
+layer is ignored (e.g. 1000 ImageNet classes) and ours keeps its fresh initialisation.
 
 Keras and TensorFlow are imported inside the functions only, so `ecgjax.models` never needs them.
-Not for: exporting Flax weights back to Keras, or architectures other than those in `MODELS`.
+Not for: writing a run directory, or the command line (both in `ecgjax.convert_keras`, so that
+the model library imports neither the experiment configs nor the checkpoint code); exporting Flax
+weights back to Keras; architectures other than MobileNetV2 and VGG16.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -34,18 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecgjax.classes import NUM_CLASSES
-
 # The layers of our modules that may be missing from a Keras model without a classifier top.
 _HEAD_LAYERS = ("predictions", "fc1", "fc2")
-_MODEL_NAMES = ("mobilenet_v2", "vgg16")
 
 
-def _iter_layers(keras_model) -> Iterator[Any]:
+def iter_layers(keras_model) -> Iterator[Any]:
   """Yields every layer with weights, descending into nested models (a seed-style wrapper)."""
   for layer in keras_model.layers:
     if hasattr(layer, "layers") and layer.layers:
-      yield from _iter_layers(layer)
+      yield from iter_layers(layer)
     elif layer.weights:
       yield layer
 
@@ -60,7 +51,7 @@ def keras_variables(keras_model, rename: Mapping[str, str] | None = None) -> dic
 
   rename = dict(rename or {})
   params, batch_stats = {}, {}
-  for layer in _iter_layers(keras_model):
+  for layer in iter_layers(keras_model):
     name = rename.pop(layer.name, layer.name)
     if name in params:
       raise ValueError(f"Two Keras layers map to Flax layer {name!r}; check --rename.")
@@ -162,10 +153,10 @@ def from_keras(keras_model, model: nn.Module | None = None, *, image_shape: tupl
 def load_keras_model(path: str, model_name: str, *, alpha: float = 1.0,
                      image_size: int | None = None):
   """Loads a whole Keras model from `path`, or builds the application and loads weights into it."""
-  import keras  # pylint: disable=import-outside-toplevel
-
   if not os.path.exists(path):
     raise FileNotFoundError(f"Keras weights file {path!r} does not exist.")
+  import keras  # pylint: disable=import-outside-toplevel
+
   if path.endswith(".keras") or _h5_has_model_config(path):
     return keras.models.load_model(path, compile=False)
   if not path.endswith(".h5"):
@@ -202,74 +193,9 @@ def _h5_has_model_config(path: str) -> bool:
     return "model_config" in f.attrs
 
 
-def save_variables(variables: dict[str, Any], model_config: Mapping[str, Any],
-                   workdir: str, *, image_size: tuple[int, int] | None = None,
-                   channels: int = 3) -> str:
-  """Writes `variables` as a run directory that training, evaluation and saliency use.
-
-  The run's config.json is the model's experiment config (`configs/<name>.py`) with the converted
-  model's fields, so `config.init_from=WORKDIR`, `ecgjax.predict` and `ecgjax.saliency` work on it
-  like on a trained run. Returns the checkpoint directory.
-  """
-  import importlib  # pylint: disable=import-outside-toplevel
-  from ecgjax import checkpoints  # pylint: disable=import-outside-toplevel
-
-  model_config = dict(model_config)
-  config = importlib.import_module(f"configs.{model_config['name']}").get_config()
-  for key, value in model_config.items():
-    config.model[key] = value
-  if image_size is not None:
-    config.data.image_size = tuple(image_size)
-  config.data.grayscale = channels == 1
-  return checkpoints.save_inference_variables(os.path.abspath(workdir), config, variables)
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", required=True, choices=_MODEL_NAMES)
-  parser.add_argument("--weights", required=True, help=".keras or .h5 file")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
-  parser.add_argument("--image_size", type=int, default=None,
-                      help="input size of the Flax model (default: the Keras model's)")
-  parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
-  parser.add_argument("--num_classes", type=int, default=NUM_CLASSES)
-  parser.add_argument("--vgg_head", default="classifier", choices=("classifier", "gap"))
-  parser.add_argument("--drop_top", action="store_true",
-                      help="ignore Keras' predictions layer (e.g. ImageNet's 1000 classes)")
-  parser.add_argument("--rename", action="append", default=[], metavar="KERAS=FLAX",
-                      help="map a Keras layer name onto ours, e.g. dense=predictions")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO)
-
-  rename = {}
-  for item in args.rename:
-    if item.count("=") != 1:
-      raise ValueError(f"--rename {item!r}: expected KERAS_NAME=FLAX_NAME.")
-    keras_name, flax_name = item.split("=")
-    rename[keras_name] = flax_name
-  keras_model = load_keras_model(args.weights, args.model, alpha=args.alpha,
-                                 image_size=args.image_size)
-  size = args.image_size or keras_model.input_shape[1]
-  if args.model == "mobilenet_v2":
-    from ecgjax.models.mobilenet_v2 import MobileNetV2  # pylint: disable=import-outside-toplevel
-    model_config = {"name": "mobilenet_v2", "alpha": args.alpha}
-    model = MobileNetV2(num_classes=args.num_classes, alpha=args.alpha)
-  else:
-    from ecgjax.models.vgg16 import VGG16  # pylint: disable=import-outside-toplevel
-    fc1 = [layer for layer in _iter_layers(keras_model) if layer.name == "fc1"]
-    dense_units = fc1[0].units if fc1 else 4096
-    model_config = {"name": "vgg16", "head": args.vgg_head, "dense_units": dense_units}
-    model = VGG16(num_classes=args.num_classes, head=args.vgg_head, dense_units=dense_units)
-  variables = from_keras(keras_model, model, image_shape=(size, size, args.channels),
-                         drop_top=args.drop_top, rename=rename)
-  # The classifier head fixes the input size; pooling heads keep the config's page-shaped input.
-  fixed_size = (size, size) if model_config.get("head") == "classifier" else None
-  path = save_variables(variables, model_config, args.workdir, image_size=fixed_size,
-                        channels=args.channels)
-  print(f"Wrote {path} ({args.model}, {sum(x.size for x in jax.tree.leaves(variables)):,} "
-        f"values) and {os.path.join(os.path.abspath(args.workdir), 'config.json')}.")
-
-
 if __name__ == "__main__":
-  main()
+  # The command moved with the run-directory writing; this module stays a library (see above).
+  import shlex  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.exit("ecgjax.models.keras_import is no longer a command; run, with the same flags:\n  "
+           + shlex.join(["python", "-m", "ecgjax.convert_keras", *sys.argv[1:]]))

@@ -3,9 +3,9 @@
 Layer names, widths (`alpha` and Keras' `_make_divisible`), the asymmetric zero padding before each
 stride-2 depthwise convolution, BatchNorm epsilon 1e-3, ReLU6, the 1280-wide last convolution and
 the global-average-pooling head all follow `keras.applications.MobileNetV2`;
-`ecgjax.models.keras_import` maps its weights onto this module by layer name. Depthwise convolutions
-use `ecgjax.models.depthwise` (fast shifted form on CPU) and 1x1 convolutions
-`ecgjax.models.pointwise` (matrix products).
+`ecgjax.models.keras_import` maps its weights onto this module by layer name. Every convolution is
+`ecgjax.models.conv.Conv`, which runs depthwise and 1x1 convolutions in their fast forms per backend
+(`ecgjax.kernels.conv.resolve_impl`).
 
 Not for: loading weights (see `keras_import`), or MobileNetV3 and other variants.
 """
@@ -21,8 +21,6 @@ import jax.numpy as jnp
 
 from ecgjax.models.batch_norm import BatchNorm
 from ecgjax.models.conv import Conv
-from ecgjax.models.depthwise import DepthwiseConv
-from ecgjax.models.pointwise import PointwiseConv
 
 # (expansion, output channels before `alpha`, stride) of blocks 0..16, as in Keras.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -62,10 +60,8 @@ class MobileNetV2(nn.Module):
     dropout: dropout rate before the logits (Keras has none: 0.0 keeps its architecture).
     bn_momentum: BatchNorm moving-average momentum (Keras uses 0.999; only affects training).
     dtype: computation dtype; parameters stay float32.
-    depthwise_impl: 'auto', 'xla_conv', 'shifted' or 'onednn'; see
-      `ecgjax.models.depthwise.resolve_impl`.
-    conv_impl: 'auto', 'xla' or 'onednn' for the stem and the 1x1 convolutions; see
-      `ecgjax.kernels.conv.resolve_impl`.
+    conv_impl: 'auto', 'xla', 'onednn' or 'shifted' (depthwise convolutions as shifted slices);
+      see `ecgjax.kernels.conv.resolve_impl`.
   """
 
   num_classes: int
@@ -73,7 +69,6 @@ class MobileNetV2(nn.Module):
   dropout: float = 0.0
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
-  depthwise_impl: str = "auto"
   conv_impl: str = "auto"
 
   @nn.compact
@@ -81,16 +76,13 @@ class MobileNetV2(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=BN_EPSILON, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    pointwise = functools.partial(PointwiseConv, use_bias=False, impl=self.conv_impl,
-                                  dtype=self.dtype, param_dtype=jnp.float32)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=(3, 3), use_bias=False,
-                                  impl=self.depthwise_impl, dtype=self.dtype,
-                                  param_dtype=jnp.float32)
+    conv = functools.partial(Conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    pointwise = functools.partial(conv, kernel_size=(1, 1))
 
     x = images.astype(self.dtype)
     # 'SAME' with stride 2 pads like TensorFlow (extra row/column at the bottom/right).
-    x = Conv(make_divisible(32 * self.alpha), (3, 3), strides=(2, 2), padding="SAME",
-             use_bias=False, impl=self.conv_impl, dtype=self.dtype, param_dtype=jnp.float32,
+    x = conv(make_divisible(32 * self.alpha), (3, 3), strides=(2, 2), padding="SAME",
              name="Conv1")(x)
     x = nn.relu6(norm(name="bn_Conv1")(x))
 
@@ -103,7 +95,9 @@ class MobileNetV2(nn.Module):
         x = pointwise(expansion * in_channels, name=f"{prefix}expand")(x)
         x = nn.relu6(norm(name=f"{prefix}expand_BN")(x))
       padding = keras_stride2_padding(*x.shape[1:3]) if stride == 2 else "SAME"
-      x = depthwise(strides=(stride, stride), padding=padding, name=f"{prefix}depthwise")(x)
+      channels = x.shape[-1]  # Depthwise: one group per channel.
+      x = conv(channels, (3, 3), strides=(stride, stride), padding=padding,
+               feature_group_count=channels, name=f"{prefix}depthwise")(x)
       x = nn.relu6(norm(name=f"{prefix}depthwise_BN")(x))
       x = pointwise(out_channels, name=f"{prefix}project")(x)
       x = norm(name=f"{prefix}project_BN")(x)

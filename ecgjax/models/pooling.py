@@ -1,12 +1,10 @@
 """2x2 max pooling: four strided phases forward, the reshape-and-max gradient backward.
 
-`flax.linen.max_pool` lowers to `reduce_window`, whose gradient is `select_and_scatter`: on XLA:CPU
-a whole CustomCNN(filters=(32, 64, 128, 256)) train step at 224x224, batch 16, ran at 15.9 img/s with
-it against 24.6 img/s with the gradient of a reshape and a max (measured 2026-11-25 on 2 cores;
-`experiments/benchmark.py` times the models end to end). The forward pass is the elementwise maximum
-of the four stride-2 phases instead: XLA:CPU fuses a reshape-and-max forward with the BatchNorm and
-ReLU before it into a YNNPACK reduction that is slow there (VGG16 evaluation 6.3 -> 16.4 img/s,
-CustomCNN 224 -> 291). Values are identical; gradients are identical wherever a window's maximum is
+`flax.linen.max_pool` lowers to `reduce_window`, whose gradient is `select_and_scatter`, slow on
+XLA:CPU; the gradient of a reshape and a max is not. The forward pass is the elementwise maximum of
+the four stride-2 phases instead: XLA:CPU fuses a reshape-and-max forward with the BatchNorm and ReLU
+before it into a YNNPACK reduction that is slow there. `python experiments/benchmark_layers.py`
+times CustomCNN and VGG16 steps with this pooling and with flax's. Values are identical; gradients are identical wherever a window's maximum is
 unique (a tie, which needs two bit-equal floats in one window, splits the gradient between them
 instead of giving it to one).
 """
@@ -40,8 +38,8 @@ def _reshape_max(x):
 
 # Forward as the elementwise maximum of the four strided phases (an elementwise fusion), backward as
 # the gradient of the reshape-and-max form. On XLA:CPU the reduction form's forward can be fused with
-# the preceding BatchNorm and ReLU into a slow YNNPACK reduction (VGG16 evaluation at 224x224 ran at
-# 6.3 img/s with it, 16.4 with the phases), while its gradient is the fastest measured.
+# the preceding BatchNorm and ReLU into a slow YNNPACK reduction, while its gradient is the fastest
+# (experiments/benchmark_layers.py).
 @jax.custom_vjp
 def _pool(x):
   return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),

@@ -1,0 +1,106 @@
+"""What the trainer asks of a model before building it, and the fused model's answer: its backbones.
+
+`prepare(config)` returns a `ModelSetup`: extra arguments for `models.create_model`, a function that
+puts pretrained variables into the freshly initialised ones, and which parameters the optimizer must
+not move. For every model but `fusion` it is the empty `ModelSetup()`. For `fusion` it restores each
+backbone from its trained run (`config.fusion.workdirs`, best checkpoint), checks that run used the
+same data fields as this one, takes each backbone's architecture from that run's config, and, with
+`config.model.freeze_backbones`, freezes the `backbone_<key>` subtrees.
+
+This module reads checkpoints so that `ecgjax.models.fusion` need not: the model knows nothing of
+runs or workdirs. It does not train, and it is not how a fused run itself is restored (that is
+`checkpoints.load_model`, like any other run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ecgjax import checkpoints
+from ecgjax.models.fusion import BACKBONE_PREFIX
+
+# The data fields a backbone's run must share with the fused run, and their values in configs
+# written before the field existed.
+_DATA_FIELDS = (("value_range", None), ("grayscale", None), ("image_size", None),
+                ("remove_grid", False), ("downscale", "bilinear"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+  """What a model needs from the trainer besides `models.create_model(config.model)`.
+
+  Attributes:
+    model_overrides: extra keyword arguments for `models.create_model`.
+    restore: `(params, batch_stats) -> (params, batch_stats)`, the initialised trees with pretrained
+      subtrees put in (as host values); None when nothing is restored.
+    frozen: `params -> tree of bools`, True for each parameter the optimizer must not move (not even
+      by weight decay); None when all train.
+  """
+  model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  restore: Callable[[Any, Any], tuple[Any, Any]] | None = None
+  frozen: Callable[[Any], Any] | None = None
+
+
+def prepare(config: ml_collections.ConfigDict) -> ModelSetup:
+  """The set-up of `config.model`: nothing unless it is `fusion` (see the module docstring)."""
+  if config.model.name != "fusion":
+    return ModelSetup()
+  loaded = load_backbones(config.fusion.workdirs)
+  frozen = bool(config.model.freeze_backbones)
+  missing = [k for k in config.model.backbones if k not in loaded]
+  if frozen and missing:
+    raise ValueError(
+        f"config.model.freeze_backbones is True but no trained run is given for backbone(s) "
+        f"{missing}: set --config.fusion.workdirs.{missing[0]}=RUN_DIR (or unfreeze them).")
+  for key, backbone in loaded.items():
+    for field, default in _DATA_FIELDS:
+      theirs = backbone.config.data.get(field, default)
+      if tuple(np.atleast_1d(theirs)) != tuple(np.atleast_1d(config.data[field])):
+        raise ValueError(
+            f"Backbone {key!r} ({config.fusion.workdirs[key]}) was trained with "
+            f"data.{field}={theirs!r} but this run has "
+            f"{config.data[field]!r}; set --config.data.{field} to match.")
+  specs = {k: (loaded[k].config.model.to_dict() if k in loaded else v.to_dict())
+           for k, v in config.model.backbones.items()}
+  return ModelSetup(model_overrides={"backbones": specs},
+                    restore=functools.partial(_put_backbones, loaded) if loaded else None,
+                    frozen=frozen_backbones if frozen else None)
+
+
+def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]
+                   ) -> dict[str, checkpoints.LoadedModel]:
+  """The trained backbones of a fused model: {key: LoadedModel} for every non-empty workdir."""
+  loaded = {}
+  for key, workdir in dict(workdirs).items():
+    if not workdir:
+      continue
+    try:
+      loaded[key] = checkpoints.load_model(workdir, "best")
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.fusion.workdirs.{key}={workdir!r}: {e}") from e
+  return loaded
+
+
+def frozen_backbones(params: dict[str, Any]) -> dict[str, Any]:
+  """True for every parameter of a backbone (a top-level `backbone_<key>` subtree)."""
+  return {k: jax.tree_util.tree_map(lambda _, f=k.startswith(BACKBONE_PREFIX): f, v)
+          for k, v in params.items()}
+
+
+def _put_backbones(loaded: dict[str, checkpoints.LoadedModel], params: dict[str, Any],
+                   batch_stats: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  params, batch_stats = dict(params), dict(batch_stats)
+  for key, backbone in loaded.items():
+    # Restored on this process's device; as host values they replicate over every process's.
+    variables = jax.device_get(backbone.variables)
+    params[f"{BACKBONE_PREFIX}{key}"] = variables["params"]
+    if "batch_stats" in variables:
+      batch_stats[f"{BACKBONE_PREFIX}{key}"] = variables["batch_stats"]
+  return params, batch_stats

@@ -1,0 +1,136 @@
+"""Explaining pages end to end: attributions, per-lead numbers, figures and one JSON per method.
+
+`explain_pages` runs an attribution method over pages in groups of one shape, sums each map per
+lead, draws the overlay and the bar chart and writes the numbers as JSON; `write_test_maps` is what
+the training job calls at its end, on the first pages of the test fold.
+
+Not here: the attribution maths (`attribution`), lead geometry (`leads`), drawing (`figures`), or
+the command line (`__main__`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ecgjax import report
+from ecgjax.classes import CLASS_NAMES
+from ecgjax.data import layout as layout_lib
+from ecgjax.data import pipeline
+from ecgjax.saliency.attribution import LogitFn, attribute, completeness
+from ecgjax.saliency.figures import plot_leads, plot_overlay
+from ecgjax.saliency.leads import heat_map, per_lead
+from ecgjax.saliency.pages import Page, page_from_example
+
+
+def _safe_name(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, method: str,
+                  value_range: Sequence[float] = (-1.0, 1.0), seed: int = 0,
+                  lead_boxes: Mapping[str, tuple[float, float, float, float]] | None = None,
+                  pages_per_call: int = 4, **options) -> dict[str, Any]:
+  """Attributions for `pages`, written as overlay and bar-chart PNGs and one JSON.
+
+  Pages go to the attribution method `pages_per_call` at a time (all with the same shape, so one
+  compilation); page i's noise is keyed by (seed, i // pages_per_call, i % pages_per_call).
+
+  The predicted class is explained. Integrated Gradients starts from a blank page (every pixel at
+  the top of `value_range`: paper without ink), and the JSON records its completeness.
+
+  Returns:
+    {"json": path, "pages": [{"overlay": path, "leads": path}, ...]}.
+  """
+  if not pages:
+    raise ValueError("explain_pages: no pages given.")
+  lead_boxes = layout_lib.lead_boxes() if lead_boxes is None else lead_boxes
+  os.makedirs(out_dir, exist_ok=True)
+  baseline = float(value_range[1])
+  key = jax.random.key(seed)
+  probs, attributions, gaps = [], [], []
+  for start in range(0, len(pages), pages_per_call):
+    group = [p.image for p in pages[start:start + pages_per_call]]
+    group += [group[-1]] * (pages_per_call - len(group))  # Same shape every call: one compile.
+    images = pipeline.normalize(jnp.asarray(np.stack(group)), value_range)
+    logits = np.asarray(logit_fn(images), np.float64)
+    targets = jnp.asarray(logits.argmax(-1), jnp.int32)
+    attr = attribute(method, logit_fn, images, targets,
+                     key=jax.random.fold_in(key, start // pages_per_call), baseline=baseline,
+                     **options)
+    if method == "integrated_gradients":
+      gaps.append(np.stack(completeness(logit_fn, images, attr, targets, baseline), axis=-1))
+    probs.append(report.softmax(np.asarray(logits, np.float64), axis=-1))
+    attributions.append(np.asarray(attr))
+  num = len(pages)
+  probs = np.concatenate(probs)[:num]
+  predicted = probs.argmax(-1)
+  attributions = np.concatenate(attributions)[:num]
+  gaps = np.concatenate(gaps)[:num] if gaps else None
+
+  records, written = [], []
+  for i, page in enumerate(pages):
+    leads = per_lead(attributions[i], page.box, lead_boxes)
+    pred = CLASS_NAMES[predicted[i]]
+    true = CLASS_NAMES[page.label] if page.label is not None else "unknown"
+    title = (f"{page.name} ({method})\npredicted {pred} (p={probs[i, predicted[i]]:.2f}), "
+             f"true {true}" + (f" (p={probs[i, page.label]:.2f})" if page.label is not None else ""))
+    stem = os.path.join(out_dir, f"{i:02d}_{_safe_name(page.name)[:40]}_{method}")
+    overlay, bars = stem + "_overlay.png", stem + "_leads.png"
+    plot_overlay(page, heat_map(attributions[i]), title, overlay, lead_boxes)
+    plot_leads(leads, title, bars)
+    record = {
+        "page": page.name, "source": page.source, "method": method,
+        "true_class": None if page.label is None else CLASS_NAMES[page.label],
+        "predicted_class": pred,
+        "probabilities": dict(zip(CLASS_NAMES, map(float, probs[i]))),
+        "explained_class": pred, "content_box": list(page.box), "lead_share": leads["share"],
+        "other_share": leads["other"], "lead_density": leads["density"],
+        "lead_signed_sum": leads["signed"],
+        "top_leads": leads["ranking"][:3], "overlay": overlay, "lead_chart": bars,
+    }
+    if gaps is not None:
+      record["completeness"] = {"attribution_sum": float(gaps[i, 0]),
+                                "logit_difference": float(gaps[i, 1]), "baseline": baseline}
+    records.append(record)
+    written.append({"overlay": overlay, "leads": bars})
+  json_path = os.path.join(out_dir, f"saliency_{method}.json")
+  with open(json_path, "w") as f:
+    json.dump({"method": method, "options": options, "seed": seed, "pages": records}, f, indent=2)
+  return {"json": json_path, "pages": written}
+
+
+def write_test_maps(workdir: str, source: pipeline.Source,
+                    config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Maps of the first `config.saliency.num_pages` pages of `source` under `workdir/saliency/`.
+
+  Uses the checkpoint the test report uses (`config.eval.checkpoint`) and `config.saliency.method`.
+  In a multi-process run every process must call it (the restore is collective); process 0 alone
+  computes and writes the maps, the others return an empty dict.
+  """
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  loaded = checkpoints.load_model(workdir, config.eval.checkpoint)
+  if jax.process_index() != 0:
+    return {}
+  num = min(int(config.saliency.num_pages), len(source))
+  pages = []
+  for i in range(num):
+    example = source[i]
+    image_id = example.get("image_id", b"")
+    image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+    pages.append(page_from_example(example, config.data, image_id or f"test{i}"))
+  method = config.saliency.method
+  options = {"smoothgrad": {"num_samples": int(config.saliency.num_samples),
+                            "chunk_size": int(config.saliency.chunk_size)},
+             "integrated_gradients": {"steps": int(config.saliency.steps),
+                                      "chunk_size": int(config.saliency.chunk_size)}}
+  return explain_pages(loaded.logit_fn, pages, os.path.join(workdir, "saliency"), method=method,
+                       value_range=config.data.value_range, seed=int(config.seed),
+                       **options.get(method, {}))
