@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "pillow>=13.0.0",
     "importlib_resources>=7.1.0",  # tfds needs it but does not declare it.
     "matplotlib>=3.11.2",
+    "tqdm>=4.67.1",  # The progress bar within an epoch, on a terminal.
     "scikit-learn>=1.9.1",
     "scipy>=1.17.1",
 ]
@@ -34,7 +35,8 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]>=0.10.2"],
     # TensorBoard summaries through clu's writer (without it, metrics go to the log).
     "tensorboard": ["tensorflow-cpu>=2.21.0", "tensorboard>=2.21.0"],
-    # ecgjax.models.keras_import and its tests, and experiments/benchmark.py's Keras side.
+    # ecgjax.convert_keras (Keras files -> a run directory) and its tests, and
+    # experiments/benchmark.py's Keras side.
     "keras": ["tensorflow-cpu>=2.21.0", "keras>=3.15.1"],
     # The test suite: both extras above, since it tests them too.
     "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "dill>=0.4.1", "tensorflow-cpu>=2.21.0",
@@ -63,6 +65,8 @@ setup(
         "console_scripts": [
             "ecgjax-train=ecgjax.main:run",
             "ecgjax-predict=ecgjax.predict:run",
+            "ecgjax-evaluate=ecgjax.evaluate:run",
+            "ecgjax-convert-keras=ecgjax.convert_keras:run",
         ],
     },
 )

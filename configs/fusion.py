@@ -9,7 +9,8 @@ Each backbone is rebuilt from its workdir's config.json and restored from its be
 parameters and recomputed BatchNorm statistics). `--config.model.method` picks the fusion:
 'concat_mlp' (penultimate features into an MLP), 'mean_probs' (averaged probabilities, nothing to
 train) or 'learned_logit_weights'. `--config.model.freeze_backbones=False` fine-tunes them too.
-Train the three backbones with the same data fields (image size, value range) as this config.
+Train the three backbones with the same data fields (image size, value range, grayscale,
+remove_grid, downscale) as this config.
 `--config=configs/fusion.py:smoke` is the CPU smoke variant (its backbones' workdirs still have to be
 given, e.g. from the smoke configs of cnn.py, mobilenet_v2.py and vgg16.py).
 """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import app
@@ -25,6 +25,9 @@ from absl import flags
 
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.kernels import hugepages
+
+if TYPE_CHECKING:
+  from ecgjax import checkpoints
 
 FLAGS = flags.FLAGS
 
@@ -42,12 +45,19 @@ def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best
                   crop: bool = True, batch_size: int = 8) -> list[dict[str, Any]]:
   """One result per path, in order: {'path', 'class', 'probabilities', 'note', 'reliable'} or
   {'path', 'error'}; `reliable` is False where no grid panel was found on the page."""
-  import jax  # pylint: disable=g-import-not-at-top
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  loaded = checkpoints.load_model(workdir, checkpoint)
+  return predict_pages(loaded, paths, crop=crop, batch_size=batch_size)[0]
+
+
+def predict_pages(loaded: checkpoints.LoadedModel, paths: Sequence[str], *, crop: bool = True,
+                  batch_size: int = 8) -> tuple[list[dict[str, Any]], np.ndarray]:
+  """`predict_files` with the model already loaded, and the logits of the pages that loaded: one
+  row per result without an 'error', in order, shape (pages, classes)."""
+  import jax  # pylint: disable=g-import-not-at-top
   from ecgjax import report  # pylint: disable=g-import-not-at-top
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  loaded = checkpoints.load_model(workdir, checkpoint)
   data_config = loaded.config.data
   value_range = tuple(data_config.value_range)
   logits_fn = jax.jit(lambda images: loaded.logit_fn(pipeline.normalize(images, value_range)))
@@ -64,16 +74,19 @@ def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best
     # Without the panel the model sees something unlike its training pages: say so beside the class.
     result["reliable"] = not note.startswith(pipeline.NO_PANEL)
     ready.append((result, image))
+  all_logits = [np.zeros((0, len(CLASS_NAMES)))]
   for start in range(0, len(ready), batch_size):
     chunk = ready[start:start + batch_size]
     images = np.stack([image for _, image in chunk])
     # Pad to a whole batch so every call reuses one compiled shape.
     padded = np.concatenate([images, np.repeat(images[:1], batch_size - len(chunk), 0)])
-    probs = report.softmax(np.asarray(logits_fn(padded), np.float64), axis=-1)[:len(chunk)]
+    logits = np.asarray(logits_fn(padded), np.float64)[:len(chunk)]
+    all_logits.append(logits)
+    probs = report.softmax(logits, axis=-1)
     for (result, _), p in zip(chunk, probs):
       result["class"] = CLASS_NAMES[int(p.argmax())]
       result["probabilities"] = {name: float(v) for name, v in zip(CLASS_NAMES, p)}
-  return results
+  return results, np.concatenate(all_logits)
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

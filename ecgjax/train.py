@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -34,6 +35,7 @@ from absl import logging
 from clu import metrics
 
 from ecgjax import checkpoints
+from ecgjax import fusion_backbones
 from ecgjax import mesh as mesh_lib
 from ecgjax import models
 from ecgjax import report as report_lib
@@ -107,10 +109,10 @@ def _decay_mask(params):
 
 
 def create_optimizer(train_config: ml_collections.ConfigDict, total_steps: int,
-                     steps_per_epoch: int, frozen_prefix: str | None = None
+                     steps_per_epoch: int, frozen: Callable[[Any], Any] | None = None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Warm-up + cosine schedule, the configured optimizer, clipping; parameters whose top-level name
-  starts with `frozen_prefix` get no updates at all (not even weight decay)."""
+  """Warm-up + cosine schedule, the configured optimizer, clipping; parameters for which
+  `frozen(params)` is True get no updates at all (not even weight decay)."""
   warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
   warmup = min(warmup, max(total_steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
@@ -128,11 +130,9 @@ def create_optimizer(train_config: ml_collections.ConfigDict, total_steps: int,
     raise ValueError(f"config.train.optimizer={name!r}; use 'adamw', 'sgd' or 'lamb'.")
   if train_config.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), opt)
-  if frozen_prefix:
+  if frozen is not None:
     def labels(params):
-      return {k: jax.tree_util.tree_map(lambda _, f=k.startswith(frozen_prefix):
-                                        "frozen" if f else "trained", v)
-              for k, v in params.items()}
+      return jax.tree_util.tree_map(lambda f: "frozen" if f else "trained", frozen(params))
     opt = optax.multi_transform({"trained": opt, "frozen": optax.set_to_zero()}, labels)
   return opt, schedule
 
@@ -149,11 +149,22 @@ def class_weights_for(train_config: ml_collections.ConfigDict, labels: np.ndarra
   return weights.astype(np.float32)
 
 
-def per_example_loss(logits, labels, label_smoothing: float = 0.0):
+def per_example_loss(logits, labels, label_smoothing: float = 0.0, focal_gamma: float = 0.0):
+  """Softmax cross-entropy, optionally label-smoothed and focal.
+
+  With `focal_gamma` > 0 each example's loss is scaled by (1 - p)^gamma, p the probability of its
+  true class (Lin et al. 2017, "Focal loss for dense object detection"): examples the model already
+  gets right count less, the hard ones (often the rare class) more.
+  """
+  logits = logits.astype(jnp.float32)
   targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  loss = optax.softmax_cross_entropy(logits, targets)
+  if focal_gamma:
+    p_true = jnp.take_along_axis(jax.nn.softmax(logits), labels[:, None], axis=-1)[:, 0]
+    loss = jax.lax.stop_gradient((1.0 - p_true) ** focal_gamma) * loss
+  return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +179,7 @@ def _variables(params, batch_stats):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                class_weights: jax.Array, dropout_key: jax.Array, label_smoothing: float,
-               ema_decay: float, value_range: tuple[float, float],
+               ema_decay: float, value_range: tuple[float, float], focal_gamma: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
                augment_key: jax.Array | None = None) -> tuple[TrainState, TrainMetrics]:
   images = batch["image"]
@@ -182,7 +193,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     logits, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
                                   mutable=["batch_stats"], rngs={"dropout": rng})
     weights = class_weights[labels]
-    loss = jnp.mean(weights * per_example_loss(logits, labels, label_smoothing))
+    loss = jnp.mean(weights * per_example_loss(logits, labels, label_smoothing, focal_gamma))
     return loss, (logits, updates.get("batch_stats", {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -295,10 +306,11 @@ class Trainer:
       raise ValueError(f"The training folds hold {len(self.sources['train'])} examples, fewer than "
                        f"one batch (config.train.batch_size={config.train.batch_size}).")
     self.total_steps = self.steps_per_epoch * int(config.train.num_epochs)
-    self.backbones, model_overrides, frozen = self._fusion_backbones()
-    self.model = models.create_model(config.model, **model_overrides)
+    # What this model needs besides its config (for `fusion`: its trained backbones).
+    self.model_setup = fusion_backbones.prepare(config)
+    self.model = models.create_model(config.model, **self.model_setup.model_overrides)
     self.tx, self.schedule = create_optimizer(config.train, self.total_steps, self.steps_per_epoch,
-                                              frozen_prefix="backbone_" if frozen else None)
+                                              frozen=self.model_setup.frozen)
     self.value_range = tuple(config.data.value_range)
     channels = 1 if config.data.grayscale else 3
     self.image_shape = (*config.data.image_size, channels)
@@ -314,6 +326,7 @@ class Trainer:
             class_weights=jnp.asarray(self.class_weights),
             dropout_key=jax.random.fold_in(jax.random.key(config.seed), 1),
             label_smoothing=float(config.train.label_smoothing),
+            focal_gamma=float(config.train.get("focal_gamma", 0.0)),
             ema_decay=float(config.train.ema_decay), value_range=self.value_range,
             augmentation=self.augmentation,
             augment_key=jax.random.fold_in(jax.random.key(config.seed), 2)),
@@ -334,30 +347,6 @@ class Trainer:
           in_shardings=(self.replicated, self.replicated, batch_sharding),
           out_shardings=self.replicated)
 
-  def _fusion_backbones(self):
-    """For `fusion`: the trained backbones, their architectures, and whether they are frozen."""
-    config = self.config
-    if config.model.name != "fusion":
-      return {}, {}, False
-    loaded = checkpoints.load_backbones(config.fusion.workdirs)
-    frozen = bool(config.model.freeze_backbones)
-    missing = [k for k in config.model.backbones if k not in loaded]
-    if frozen and missing:
-      raise ValueError(
-          f"config.model.freeze_backbones is True but no trained run is given for backbone(s) "
-          f"{missing}: set --config.fusion.workdirs.{missing[0]}=RUN_DIR (or unfreeze them).")
-    for key, backbone in loaded.items():
-      for field in ("value_range", "grayscale", "image_size"):
-        if tuple(np.atleast_1d(backbone.config.data[field])) != tuple(
-            np.atleast_1d(config.data[field])):
-          raise ValueError(
-              f"Backbone {key!r} ({config.fusion.workdirs[key]}) was trained with "
-              f"data.{field}={backbone.config.data[field]!r} but this run has "
-              f"{config.data[field]!r}; set --config.data.{field} to match.")
-    specs = {k: (loaded[k].config.model.to_dict() if k in loaded else v.to_dict())
-             for k, v in config.model.backbones.items()}
-    return loaded, {"backbones": specs}, frozen
-
   # -- state ---------------------------------------------------------------------------------
 
   def initial_state(self) -> TrainState:
@@ -366,14 +355,8 @@ class Trainer:
     state = init()
     if self.config.init_from:
       state = jax.device_put(_init_from(state, self.config.init_from), self.state_sharding)
-    if self.backbones:
-      params, batch_stats = dict(state.params), dict(state.batch_stats)
-      for key, backbone in self.backbones.items():
-        # Restored on this process's device; as host values they replicate over every process's.
-        variables = jax.device_get(backbone.variables)
-        params[f"backbone_{key}"] = variables["params"]
-        if "batch_stats" in variables:
-          batch_stats[f"backbone_{key}"] = variables["batch_stats"]
+    if self.model_setup.restore is not None:
+      params, batch_stats = self.model_setup.restore(state.params, state.batch_stats)
       state = jax.device_put(
           state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),
                         eval_batch_stats=_copy(batch_stats), opt_state=self.tx.init(params)),
@@ -397,7 +380,7 @@ class Trainer:
     """Exact BatchNorm statistics of the EMA parameters over a fixed set of training batches."""
     n = int(self.config.train.bn_recompute_batches)
     if self.stats_model is None or not state.batch_stats or n <= 0:
-      return state.replace(eval_batch_stats=state.batch_stats)
+      return state.replace(eval_batch_stats=_copy(state.batch_stats))  # Donated with the state.
     # A fixed, unaugmented stream (its own seed), so every recomputation sees the same pages.
     ds = pipeline.train_dataset(self.data["train"], self.config.data,
                                 local_batch_size=self.local_batch, seed=self.config.seed + 7919)
@@ -467,6 +450,7 @@ class Trainer:
     if jax.process_index() == 0:
       hooks.append(writers.progress(writer, num_train_steps=self.total_steps,
                                     every_steps=config.train.log_every_steps))
+      hooks.append(writers.EpochBar(self.steps_per_epoch))
     train_metrics = None
     every = int(config.train.checkpoint_every_steps)
     started = (time.perf_counter(), step)
@@ -522,6 +506,9 @@ class Trainer:
 
   def test_report(self) -> tuple[dict[str, Any], int]:
     """Evaluates the chosen checkpoint (`config.eval.checkpoint`) on the test fold."""
+    if "test" not in self.sources:
+      raise ValueError("config.data.test_fold=None: this run has no test fold to report on; "
+                       "evaluate it with `python -m ecgjax.evaluate`.")
     manager = checkpoints.make_manager(self.workdir, keep=int(self.config.train.keep_checkpoints))
     abstract = self.abstract_state()
     step, state = checkpoints.restore_first_readable(
@@ -537,7 +524,9 @@ class Trainer:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """Trains (or resumes), evaluates the test fold, writes saliency maps; returns the test report.
 
-  Returns None when the run stopped early at `config.train.stop_at_step`.
+  Returns None when the run stopped early at `config.train.stop_at_step`, and {} when there is no
+  test fold (`config.data.test_fold=None`: a final model, evaluated elsewhere with
+  `python -m ecgjax.evaluate`).
   """
   workdir = os.path.abspath(workdir)
   checkpoints.check_workdir(config, workdir)  # An existing run's record decides, before any work.
@@ -547,6 +536,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if last < trainer.total_steps:
     return None
   logging.info("Training done in %.0f s.", time.time() - start)
+  if "test" not in trainer.sources:
+    logging.info("No test fold (config.data.test_fold=None): no test report and no saliency maps. "
+                 "Evaluate this model with `python -m ecgjax.evaluate --workdir=%s "
+                 "--manual_dir=FOLDER`.", workdir)
+    return {}
   rep, step = trainer.test_report()
   outputs = {}
   if jax.process_index() == 0:

@@ -52,6 +52,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   from ecgjax.data import augment  # pylint: disable=g-import-not-at-top
   from ecgjax.data import decoded  # pylint: disable=g-import-not-at-top
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import transforms  # pylint: disable=g-import-not-at-top
 
   _int(config, "train.num_epochs", 1, "train for at least 1 epoch")
   _int(config, "train.batch_size", 1, "use a positive number of examples per global batch")
@@ -69,12 +70,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   _number(config, "train.warmup_epochs", 0.0, float("inf"), "use 0 or more epochs")
   _number(config, "train.ema_decay", 0.0, 0.999999, "use 0 (off) up to below 1")
   _number(config, "train.label_smoothing", 0.0, 0.999, "use 0 up to below 1")
+  _number(config, "train.focal_gamma", 0.0, 10.0, "use 0 (plain cross-entropy) up to 10")
   _number(config, "train.grad_clip_norm", 1e-12, float("inf"),
           "use a positive norm, or None for no clipping", optional=True)
   _choice(config, "model.name", tuple(sorted(models.MODELS)))
   _choice(config, "train.optimizer", ("adamw", "sgd", "lamb"))
   _choice(config, "train.class_weights", ("balanced", "none"))
   _choice(config, "data.resize_mode", ("pad", "stretch"))
+  _choice(config, "data.downscale", transforms.RESIZE_METHODS)
   _choice(config, "saliency.method", saliency.METHODS)
   size = config.data.image_size
   if (not isinstance(size, (tuple, list)) or len(size) != 2

@@ -43,8 +43,13 @@ BACKBONES = (
     Arm("vgg16", config="configs/vgg16.py"),
 )
 _FUSION_NEEDS = {f"fusion.workdirs.{a.name}": a.name for a in BACKBONES}
+# The input for printed ECGs (the configs' default): the grid removed, the trace min-pooled so it
+# stays 1-2 px and black, one grey channel (see the `preprocessing` ablation).
+ECG_INPUT = {"data.remove_grid": True, "data.downscale": "min_pool", "data.grayscale": True}
+_PLAIN_INPUT = {"data.remove_grid": False, "data.downscale": "bilinear", "data.grayscale": True}
 # One input for all models of a comparison, so the backbones can be fused.
-_SHARED_INPUT = {"data.image_size": (256, 448)}
+_SHARED_INPUT = {"data.image_size": (256, 448), **ECG_INPUT}
+_SMOKE_INPUT = dict(ECG_INPUT)
 
 AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
 
@@ -56,7 +61,7 @@ ABLATIONS: dict[str, Ablation] = {
             "backbones, concatenated features into an MLP), on one input size.",
             arms=(*BACKBONES,
                   Arm("fusion", config="configs/fusion.py", needs=_FUSION_NEEDS)),
-            overrides=_SHARED_INPUT, smoke_overrides={}),
+            overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT),
         Ablation(
             "fusion_method",
             "How to fuse the three trained backbones: an MLP on concatenated penultimate "
@@ -65,8 +70,45 @@ ABLATIONS: dict[str, Ablation] = {
                   *(Arm(f"fusion_{m}", config="configs/fusion.py", needs=_FUSION_NEEDS,
                         overrides={"model.method": m})
                     for m in ("concat_mlp", "mean_probs", "learned_logit_weights"))),
-            overrides=_SHARED_INPUT, smoke_overrides={},
+            overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT,
             hidden=tuple(a.name for a in BACKBONES)),
+        Ablation(
+            "preprocessing",
+            "The input of a printed ECG: RGB resized bilinearly (as shipped before), one grey "
+            "channel, the trace min-pooled instead of averaged away, the grid removed by colour "
+            "first, and that at the w640 panel's full width.",
+            arms=(Arm("rgb_bilinear", {**_PLAIN_INPUT, "data.grayscale": False}),
+                  Arm("gray_bilinear", _PLAIN_INPUT),
+                  Arm("gray_min_pool", {**_PLAIN_INPUT, "data.downscale": "min_pool"}),
+                  Arm("nogrid_gray_min_pool", ECG_INPUT),
+                  Arm("nogrid_gray_min_pool_368x640", {**ECG_INPUT, "data.image_size": (368, 640)},
+                      smoke_overrides={**ECG_INPUT, "data.image_size": (64, 112)})),
+            overrides={"data.image_size": (256, 448)}, smoke_overrides={}),
+        Ablation(
+            "imbalance",
+            "The class imbalance (mi is 6% of the pages): plain cross-entropy, class weights "
+            "inverse to the training frequency (the default), and a focal loss (gamma 2) with "
+            "those weights.",
+            arms=(Arm("none", {"train.class_weights": "none"}),
+                  Arm("balanced", {"train.class_weights": "balanced"}),
+                  Arm("balanced_focal2", {"train.class_weights": "balanced",
+                                          "train.focal_gamma": 2.0})),
+            overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT),
+        Ablation(
+            "vgg16_recipe",
+            "What makes VGG16 learn from scratch: Keras' plain VGG16 as flax initialises it with "
+            "SGD (the old recipe), He initialisation, and torchvision's vgg16_bn (BatchNorm, He "
+            "initialisation) with AdamW (configs/vgg16.py).",
+            arms=(Arm("plain_lecun_sgd", {"model.batch_norm": False, "model.kernel_init": "lecun",
+                                          "train.optimizer": "sgd", "train.learning_rate": 1e-2,
+                                          "train.weight_decay": 5e-4,
+                                          "train.bn_recompute_batches": 0}),
+                  Arm("plain_he_sgd", {"model.batch_norm": False, "model.kernel_init": "he",
+                                       "train.optimizer": "sgd", "train.learning_rate": 1e-2,
+                                       "train.weight_decay": 5e-4,
+                                       "train.bn_recompute_batches": 0}),
+                  Arm("bn_he_adamw", {})),
+            config="configs/vgg16.py", overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT),
         Ablation(
             "resolution",
             "Input resolution: the seed's 224x224 (page stretched), and the page's own aspect "
@@ -112,7 +154,3 @@ def depth(arm: Arm, arms: Sequence[Arm]) -> int:
   """0 for an arm that needs none, else 1 + the depth of what it needs."""
   by_name = {a.name: a for a in arms}
   return max((1 + depth(by_name[n], arms) for n in arm.needs.values()), default=0)
-
-
-def ordered(arms: Sequence[Arm]) -> list[Arm]:
-  return sorted(arms, key=lambda a: depth(a, arms))

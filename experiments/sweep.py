@@ -31,7 +31,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -96,14 +96,18 @@ def _short(value: Any) -> str:
 
 def plan(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
          folds: Sequence[int]) -> list[Run]:
-  """Every run of the ablation, dependencies (arms other arms need) first."""
+  """Every run of the ablation, dependencies (arms other arms need) first, then by seed and fold,
+  arms interleaved: a sweep stopped early has every arm at its first seeds and folds."""
   runs = []
-  for arm in ablations.ordered(ablation.arms):
+  for arm in ablation.arms:
     for seed in seeds:
       for fold in (folds if arm.per_fold else [None]):
         tag = f"seed{seed}" + (f"_fold{fold}" if fold is not None else "")
         runs.append(Run(arm, seed, fold, os.path.join(root, ablation.name, arm.name, tag)))
-  return runs
+  order = {arm.name: (ablations.depth(arm, ablation.arms), i)
+           for i, arm in enumerate(ablation.arms)}
+  return sorted(runs, key=lambda r: (order[r.arm.name][0], r.seed, -1 if r.fold is None else r.fold,
+                                     order[r.arm.name][1]))
 
 
 def run_overrides(run: Run, runs: Sequence[Run], ablation: ablations.Ablation,
@@ -148,18 +152,31 @@ def load_config(config: str):
   return module.get_config(arg or None)
 
 
-def apply_overrides(config, overrides: dict[str, Any]):
+def parse_override(item: str) -> tuple[str, Any]:
+  """'FIELD=VALUE' -> (FIELD, VALUE): a Python literal, or the bare word as a string."""
+  if "=" not in item:
+    raise ValueError(f"Override {item!r}: expected FIELD=VALUE.")
+  field, text = item.split("=", 1)
+  try:
+    return field.strip(), ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return field.strip(), text
+
+
+def apply_overrides(config, overrides: Mapping[str, Any] | Sequence[str]):
+  """Sets FIELD -> VALUE overrides (or 'FIELD=VALUE' strings, `parse_override`) on `config` with
+  ml_collections' `update_from_flattened_dict` (which casts as the command line does, e.g. a list
+  to a tuple field); a field the config lacks is a KeyError naming it. Returns `config`."""
+  if not isinstance(overrides, Mapping):
+    overrides = dict(parse_override(item) for item in overrides)
   for field, value in overrides.items():
     node = config
     *parents, leaf = field.split(".")
     for p in parents:
-      node = node[p]
-    if leaf not in node:
+      node = node.get(p) if hasattr(node, "get") else None
+    if not hasattr(node, "get") or leaf not in node:
       raise KeyError(f"Override {field}={value!r}: the config has no field {field!r}.")
-    current = node[leaf]
-    if isinstance(current, tuple) and isinstance(value, list):
-      value = tuple(value)
-    node[leaf] = value
+  config.update_from_flattened_dict(dict(overrides))
   return config
 
 
@@ -173,8 +190,9 @@ def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) 
     return
   log = os.path.join(run.workdir, "sweep.log")
   with open(log, "a") as f:
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run(command(run, config, overrides), cwd=REPO, stdout=f,
-                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": REPO})
+                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
   if proc.returncode:
     raise RuntimeError(f"Run {run.workdir} failed (exit {proc.returncode}); see {log}.")
 
@@ -225,8 +243,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -> list[dict]:
-  """Per-arm mean +- std of the metrics over the finished runs; writes results.{md,csv,png}."""
-  rows = []
+  """Per-arm mean +- std of the metrics over the finished runs; writes results.{md,csv,png} and
+  confusion_ARM.png, each arm's confusion matrix summed over its runs."""
+  rows, confusions = [], []
   for arm in ablation.arms:
     if arm.name in ablation.hidden:
       continue
@@ -238,6 +257,7 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
     if not reports:
       continue
     row = {"arm": arm.name, "runs": len(reports)}
+    confusions.append((arm.name, reports))
     for m in METRICS:
       row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([rep[m] for rep in reports])
     for name in reports[0]["class_names"]:
@@ -265,6 +285,14 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(rows, ablation.name, os.path.join(out_dir, "results.png"))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ecgjax import report as report_lib  # pylint: disable=g-import-not-at-top
+  for arm_name, reports in confusions:
+    summed = {"class_names": reports[0]["class_names"],
+              "confusion_matrix": sum(np.asarray(r["confusion_matrix"]) for r in reports)}
+    report_lib.plot_confusion_matrix(
+        summed, os.path.join(out_dir, f"confusion_{arm_name}.png"),
+        f"{ablation.name} / {arm_name}: summed over {len(reports)} test folds")
   print("\n".join(lines))
   return rows
 
@@ -322,13 +350,11 @@ def main(argv):
       raise app.UsageError("A custom sweep needs --config.")
     ablation = ablations.Ablation(name=FLAGS.name, description=f"Sweep over {FLAGS.grid}.",
                                   config=FLAGS.config, arms=parse_grid(FLAGS.grid))
-  common = {}
-  for item in FLAGS.override:
-    field, value = item.split("=", 1)
-    common[field] = _literal(value) if value[:1] in "([{'\"0123456789-" else value
-  if FLAGS.manual_dir:
-    common.update({"dataset.name": "ecg_images", "dataset.config": "w1024",
-                   "dataset.manual_dir": os.path.abspath(os.path.expanduser(FLAGS.manual_dir))})
+  common = dict(parse_override(item) for item in FLAGS.override)
+  if FLAGS.manual_dir:  # The real release, at w1024 unless --override=dataset.config=... says.
+    common.setdefault("dataset.name", "ecg_images")
+    common.setdefault("dataset.config", "w1024")
+    common["dataset.manual_dir"] = os.path.abspath(os.path.expanduser(FLAGS.manual_dir))
   if FLAGS.data_dir:
     common["dataset.data_dir"] = os.path.abspath(FLAGS.data_dir)
   run_sweep(ablation, FLAGS.root, [int(s) for s in FLAGS.seeds], [int(f) for f in FLAGS.folds],

@@ -37,13 +37,18 @@ def test_cache_is_written_once_and_reused(smoke_config, tmp_path):
 
 def test_default_folder_is_keyed_by_data_set_and_preprocessing(smoke_config):
   source = _source(smoke_config, ("fold1",))
+  ecg = decoded.load(source, smoke_config.data)  # The default: grid removed, min-pooled, grey.
+  smoke_config.data.remove_grid, smoke_config.data.downscale = False, "bilinear"
+  smoke_config.data.grayscale = False
   rgb = decoded.load(source, smoke_config.data)
   smoke_config.data.grayscale = True
   smoke_config.data.image_size = (32, 56)
   gray = decoded.load(source, smoke_config.data)
   assert rgb.image_shape == (48, 80, 3) and gray.image_shape == (32, 56, 1)
+  assert ecg.image_shape == (48, 80, 1)
   root = os.path.join(str(source.builder.data_dir), "decoded")
-  assert {"48x80_pad_rgb", "32x56_pad_gray"} <= set(os.listdir(root))
+  assert {"48x80_pad_gray_nogrid_min_pool", "48x80_pad_rgb", "32x56_pad_gray"} <= set(
+      os.listdir(root))
 
 
 def test_a_rebuilt_data_set_is_decoded_again(smoke_config, tmp_path):

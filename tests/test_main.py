@@ -55,7 +55,8 @@ def test_bad_value_fails_before_any_work(tmp_path):
     ("data.resize_mode", "crop"), ("eval.checkpoint", "newest"), ("saliency.method", "lime"),
     ("train.optimizer", "adam"), ("train.class_weights", "inverse"),
     ("train.learning_rate", 0.0), ("train.ema_decay", 1.0), ("data.read_threads", 0),
-    ("data.test_fold", 5), ("data.val_fold", 0), ("data.augment", "rotate(200)"),
+    ("data.test_fold", 5), ("data.val_fold", 0), ("data.val_fold", "none"),
+    ("data.augment", "rotate(200)"),
     ("data.cache", "disk"), ("model.name", "resnet")])
 def test_every_bad_value_names_its_field(field, value):
   from ecgjax import validate  # pylint: disable=g-import-not-at-top
@@ -65,6 +66,14 @@ def test_every_bad_value_names_its_field(field, value):
   with config.unlocked():
     config[group][name] = value
   with pytest.raises(validate.ConfigError, match=f"config.{field}="):
+    validate.check(config)
+
+
+def test_no_test_fold_and_no_validation_fold_are_valid():
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  for test_fold, val_fold in ((None, None), (None, 1), (0, None)):
+    config.data.test_fold, config.data.val_fold = test_fold, val_fold
     validate.check(config)
 
 
@@ -83,6 +92,30 @@ def test_worker_processes_from_the_command_line_give_the_same_report(tfds_data_d
     assert reports[2][key] == reports[0][key], key
   # Ranking quality follows the logits themselves: equal only if training saw the same batches.
   np.testing.assert_allclose(reports[2]["macro_roc_auc"], reports[0]["macro_roc_auc"], rtol=1e-6)
+
+
+def test_a_final_model_without_test_or_validation_fold_trains_on_every_fold(tfds_data_dir,
+                                                                            tmp_path):
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "final"
+  out = _run_main("--config=configs/default.py:smoke", f"--workdir={workdir}",
+                  f"--config.dataset.data_dir={tfds_data_dir}", "--config.train.num_epochs=1",
+                  "--config.data.test_fold=None", "--config.data.val_fold=None")
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    data = json.load(f)["data"]
+  assert data["test_fold"] is None and data["val_fold"] is None
+  # All five folds train: one epoch is every page of the data set, in batches of 4.
+  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  config.dataset.data_dir = tfds_data_dir
+  info = pipeline.dataset_builder(config.dataset).info
+  pages = sum(info.splits[f"fold{i}"].num_examples for i in range(5))
+  assert f"({pages // 4} per epoch" in out.stderr
+  assert os.listdir(workdir / "checkpoints")
+  # No test fold: no test report and no saliency maps of test pages, and a line saying so.
+  assert "No test fold (config.data.test_fold=None)" in out.stderr
+  assert not (workdir / "eval").exists() and not (workdir / "saliency").exists()
+  assert "Traceback" not in out.stderr
 
 
 def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path):

@@ -31,6 +31,29 @@ def test_fold_splits_partition_the_folds(smoke_config):
     pipeline.fold_splits(smoke_config.data)
 
 
+@pytest.mark.parametrize("test_fold,val_fold,train,val,test", [
+    (None, None, (0, 1, 2, 3, 4), (), ()),  # A final model: every fold trains.
+    (None, 2, (0, 1, 3, 4), (2,), ()),
+    (3, None, (0, 1, 2, 4), (), (3,)),
+])
+def test_fold_splits_without_a_test_or_validation_fold(smoke_config, test_fold, val_fold, train,
+                                                       val, test):
+  smoke_config.data.test_fold, smoke_config.data.val_fold = test_fold, val_fold
+  s = pipeline.fold_splits(smoke_config.data)
+  assert s == pipeline.Splits(train=tuple(f"fold{i}" for i in train),
+                              val=tuple(f"fold{i}" for i in val),
+                              test=tuple(f"fold{i}" for i in test))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("test_fold", "0"), ("test_fold", 1.0), ("test_fold", True), ("val_fold", "none"),
+    ("val_fold", -1)])
+def test_fold_splits_refuse_what_is_not_a_fold_or_none(smoke_config, field, value):
+  smoke_config.data[field] = value
+  with pytest.raises(ValueError, match=f"config.data.{field}={value!r}: use a fold 0..4, or None"):
+    pipeline.fold_splits(smoke_config.data)
+
+
 def test_eval_batches_cover_every_example_once(smoke_config):
   source = _source(smoke_config, ("fold0", "fold1"))
   batches = list(pipeline.eval_batches(decoded.load(source, smoke_config.data),
@@ -45,7 +68,8 @@ def test_eval_batches_cover_every_example_once(smoke_config):
   for i in (0, len(source) - 1):
     np.testing.assert_array_equal(images[i], preprocess.map(source[i])["image"])
   h, w = smoke_config.data.image_size
-  assert all(b["image"].shape == (3, h, w, 3) and b["image"].dtype == np.uint8 for b in batches)
+  c = 1 if smoke_config.data.grayscale else 3
+  assert all(b["image"].shape == (3, h, w, c) and b["image"].dtype == np.uint8 for b in batches)
 
 
 def test_eval_batches_split_over_processes(smoke_config):
@@ -99,6 +123,7 @@ def test_preprocess_keeps_aspect_with_white_padding(smoke_config):
   page = np.zeros((100, 400, 3), np.uint8)  # Black, 4:1, into a 48x80 input.
   buf = io.BytesIO()
   Image.fromarray(page).save(buf, format="PNG")
+  smoke_config.data.grayscale = False
   out = pipeline.Preprocess(smoke_config.data).map(
       {"image": buf.getvalue(), "label": 2, "source_path": "x.png"})
   assert out["image"].shape == (48, 80, 3) and out["label"] == 2

@@ -27,6 +27,7 @@ def test_ablation_runs_end_to_end_and_resumes(name, tfds_data_dir, tmp_path):
   table = (tmp_path / name / "results.md").read_text()
   assert all(f"| {arm} | 1 |" in table for arm in shown)
   assert os.path.getsize(tmp_path / name / "results.png") > 5000
+  assert all(os.path.getsize(tmp_path / name / f"confusion_{arm}.png") > 5000 for arm in shown)
   # The reported numbers are the runs' own.
   first = next(r for r in runs if r.arm.name == shown[0])
   with open(os.path.join(first.workdir, "eval", "report.json")) as f:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -231,6 +232,18 @@ def test_class_weights_balanced():
     train.class_weights_for(config.train, labels)
 
 
+def test_focal_loss_scales_cross_entropy_by_the_miss_probability():
+  logits = jnp.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+  labels = jnp.array([0, 0])
+  ce = train.per_example_loss(logits, labels)
+  p_true = jax.nn.softmax(logits)[:, 0]
+  np.testing.assert_allclose(train.per_example_loss(logits, labels, focal_gamma=2.0),
+                             (1 - p_true) ** 2 * ce, rtol=1e-6)
+  # The confident right example loses far more of its weight than the wrong one.
+  focal = train.per_example_loss(logits, labels, focal_gamma=2.0)
+  assert focal[0] / ce[0] < 0.01 < 0.5 < focal[1] / ce[1]
+
+
 def test_recomputed_batch_stats_are_plain_averages_of_batch_statistics(smoke_config, tmp_path):
   smoke_config.train.bn_recompute_batches = 3
   trainer = train.Trainer(smoke_config, str(tmp_path))
@@ -301,6 +314,10 @@ def test_trains_and_reports_on_the_real_sample(tmp_path):
   config.dataset.manual_dir = str(SAMPLE_DIR)
   config.dataset.data_dir = str(tmp_path / "tfds")
   config.saliency.num_pages = 1
+  # The preprocessing for printed pages (the default), on real pages: grid removed, min-pooled, grey.
+  config.data.remove_grid = True
+  config.data.downscale = "min_pool"
+  config.data.grayscale = True
   report = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert report["dataset"].startswith("ecg_images/w1024")
   # 16 distinct pages (two files are copies) dealt into 5 folds: the test fold holds 3 or 4.

@@ -1,4 +1,4 @@
-"""The host ops that turn a decoded page into the model's input: resize and grayscale, by spec."""
+"""The host ops that turn a decoded page into the model's input: resize, grid removal, grayscale."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _run(spec: str, image: np.ndarray) -> np.ndarray:
 
 
 def test_registered_ops_and_empty_spec():
-  assert set(transforms.available()) == {"resize", "grayscale"}
+  assert set(transforms.available()) == {"resize", "remove_grid", "grayscale"}
   assert transforms.parse("") == [] and transforms.parse("none") == []
 
 
@@ -47,7 +47,53 @@ def test_grayscale_is_pil_luminance():
 def test_bad_specs_are_errors_naming_the_op():
   for spec, message in [("resize(1, 2, mode='crop')", "resize mode"),
                         ("rotate(2)", "unknown op 'rotate'"), ("resize(1", "cannot parse"),
-                        ("resize(1, 2, 3, 4, 5)", "bad arguments for 'resize'"),
+                        ("resize(1, 2, 3, 4, 5, 6)", "bad arguments for 'resize'"),
                         ("resize(a=)", "bad arguments")]:
     with pytest.raises(ValueError, match=message):
       transforms.parse(spec)
+
+
+def _trace_page(height=300, width=600, grid_value=190):
+  """White paper, grid dots every 8 px at `grid_value`, a 2 px black trace along row 150."""
+  page = np.full((height, width, 3), 255, np.uint8)
+  page[::8, ::8] = grid_value
+  page[150:152, :] = 5
+  return page
+
+
+def test_min_pool_keeps_a_thin_trace_dark_where_bilinear_greys_it():
+  page = _trace_page()
+  bilinear = _run("resize(60, 120)|grayscale", page)[..., 0]
+  pooled = _run("resize(60, 120, method='min_pool')|grayscale", page)[..., 0]
+  assert bilinear.min(axis=0).max() > 100  # Shrunk 5x, the 2 px line averages to grey...
+  assert (pooled.min(axis=0) <= 5).all()  # ...min-pooled it stays black in every column,
+  assert (pooled < 60).sum(axis=0).max() == 1  # and one pixel thick.
+  assert (pooled == 190).mean() > 0.3  # Grid dots darken the page as much: hence `remove_grid`.
+  clean = _run("remove_grid|resize(60, 120, method='min_pool')|grayscale", page)[..., 0]
+  assert (clean.min(axis=0) <= 5).all() and ((clean == 255) | (clean <= 5)).all()
+  np.testing.assert_array_equal(transforms.min_pool(page, 300, 600), page)  # Same size: as is.
+
+
+def test_min_pool_blocks_cover_the_source_once():
+  image = np.random.default_rng(2).integers(0, 256, (7, 10, 1), dtype=np.uint8)
+  out = transforms.min_pool(image, 3, 4)
+  # Rows dealt as [0, 1], [2, 3], [4, 5, 6]; columns as [0, 1], [2, 3, 4], [5, 6], [7, 8, 9].
+  assert out[2, 1, 0] == image[4:7, 2:5, 0].min() and out[0, 3, 0] == image[0:2, 7:10, 0].min()
+  with pytest.raises(ValueError, match="shrinks"):
+    transforms.min_pool(image, 8, 10)
+  grown = _run("resize(14, 20, mode='stretch', method='min_pool')", image)
+  assert grown.shape == (14, 20, 1)  # An axis that grows is resized bilinearly instead.
+
+
+@pytest.mark.parametrize("grid_value", [190, 235])
+def test_remove_grid_keeps_the_trace_on_white(grid_value):
+  page = _trace_page(grid_value=grid_value)
+  page[::8, ::8] = (250, grid_value, grid_value)  # Red-tinted dots: luminance well above ink.
+  clean = _run("remove_grid", page)
+  assert clean.shape == page.shape
+  assert (clean[150:152] <= 5).all()  # The trace stays black,
+  rest = np.delete(clean, [150, 151], axis=0)
+  assert (rest == 255).all()  # grid dots and paper become white,
+  assert (clean[..., 0] == clean[..., 2]).all()  # in grey.
+  with pytest.raises(ValueError, match="ink < paper"):
+    transforms.parse("remove_grid(ink=200, paper=100)")

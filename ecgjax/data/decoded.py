@@ -4,8 +4,9 @@ Decoding a JPEG page and resizing it costs far more than a train step on an acce
 image, so a run does it once per page, not once per epoch. `load(source, data_config)` returns
 `DecodedImages`: every example of the source's splits at the model's input size and channels, and
 their labels. Each split is cached as ``<split>.npy`` (images) and ``<split>.labels.npy`` beside the
-built TFDS data set, in ``<builder data_dir>/decoded/<H>x<W>_<resize mode>_<rgb|gray>/``: the key is
-the data set, its builder config and version (the builder's directory) and the preprocessing. A
+built TFDS data set, in ``<builder data_dir>/decoded/<KEY>/`` with KEY as `cache_key` writes it,
+e.g. ``256x448_pad_rgb`` or ``256x448_pad_gray_nogrid_min_pool``: the cache is keyed by the data
+set, its builder config and version (the builder's directory) and the preprocessing. A
 cache whose example ids differ from the built data set's (rebuilt since) is decoded again. Files are
 written to a temporary name and renamed, so concurrent runs never read half a file.
 
@@ -38,7 +39,12 @@ def cache_key(data_config: ml_collections.ConfigDict) -> str:
   """The folder name that tells one preprocessing from another."""
   h, w = (int(v) for v in data_config.image_size)
   channels = "gray" if data_config.grayscale else "rgb"
-  return f"{h}x{w}_{data_config.resize_mode}_{channels}"
+  key = f"{h}x{w}_{data_config.resize_mode}_{channels}"
+  if data_config.get("remove_grid", False):
+    key += "_nogrid"
+  if data_config.get("downscale", "bilinear") != "bilinear":
+    key += f"_{data_config.downscale}"
+  return key
 
 
 def cache_mode(data_config: ml_collections.ConfigDict) -> str:

@@ -102,6 +102,11 @@ def _normalise_folder(name: str) -> str:
   return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
 
 
+def is_image_file(path: str) -> bool:
+  """Whether a file of `list_files` is a page to read: an image, not one an OS or archiver added."""
+  return not _SYSTEM_FILES.search(path) and path.lower().endswith(IMAGE_SUFFIXES)
+
+
 def class_of_path(path: str) -> str | None:
   """The class of the deepest folder in `path` whose name is a class folder's, or None."""
   for folder in reversed(path.split("/")[:-1]):
@@ -220,7 +225,7 @@ def scan_release(manual_dir: epath.PathLike, on_bad_file: str = "error") -> Scan
   ignored, unlabelled, candidates = [], [], []
   bad = {}  # path -> why it cannot be used: zip archives first, then images
   for source in list_files(manual_dir, bad if on_bad_file == "skip" else None):
-    if _SYSTEM_FILES.search(source.path) or not source.path.lower().endswith(IMAGE_SUFFIXES):
+    if not is_image_file(source.path):
       ignored.append(source.path)
       continue
     label = class_of_path(source.path)

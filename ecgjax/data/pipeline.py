@@ -77,18 +77,28 @@ class Splits:
 
 
 def fold_splits(data_config: ml_collections.ConfigDict) -> Splits:
-  test, val = int(data_config.test_fold), data_config.val_fold
+  """`config.data.test_fold` tests, `val_fold` selects the checkpoint, every other fold trains.
+
+  Either may be None: no test split (a final model, trained on every fold but the validation one and
+  evaluated elsewhere with `ecgjax.evaluate`); no validation split (the latest checkpoint is used).
+  """
   num = features_lib.NUM_FOLDS
-  if not 0 <= test < num:
-    raise ValueError(f"config.data.test_fold={test} out of range 0..{num - 1}.")
-  if val is not None and (not 0 <= int(val) < num or int(val) == test):
-    raise ValueError(f"config.data.val_fold={val} must be in 0..{num - 1} and differ from "
-                     f"config.data.test_fold={test} (or be None: no validation, and the latest "
-                     "checkpoint is reported).")
-  used = {test} | ({int(val)} if val is not None else set())
-  train = tuple(f"fold{i}" for i in range(num) if i not in used)
-  return Splits(train=train, val=(f"fold{int(val)}",) if val is not None else (),
-                test=(f"fold{test}",))
+  meaning = {"test_fold": "no test fold, evaluate elsewhere",
+             "val_fold": "no validation, and the latest checkpoint is reported"}
+  folds = {}
+  for field, none in meaning.items():
+    value = data_config[field]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                              or not 0 <= value < num):
+      raise ValueError(f"config.data.{field}={value!r}: use a fold 0..{num - 1}, or None ({none}).")
+    folds[field] = None if value is None else int(value)
+  test, val = folds["test_fold"], folds["val_fold"]
+  if val is not None and val == test:
+    raise ValueError(f"config.data.val_fold={val} must differ from config.data.test_fold={test} "
+                     f"(or be None: {meaning['val_fold']}).")
+  return Splits(train=tuple(f"fold{i}" for i in range(num) if i not in (test, val)),
+                val=(f"fold{val}",) if val is not None else (),
+                test=(f"fold{test}",) if test is not None else ())
 
 
 class Source:
@@ -137,22 +147,34 @@ def decode_image(data: bytes, target_hw: tuple[int, int] | None = None,
 
 
 class Preprocess(grain.transforms.Map):
-  """Decodes and applies the deterministic ops (resize, optional grayscale)."""
+  """Decodes and applies the deterministic ops of `config.data`.
+
+  In order: the grid removed (`remove_grid`), the resize to `image_size` (`resize_mode`, and
+  `downscale`: 'bilinear' or 'min_pool'), one luminance channel (`grayscale`).
+  """
 
   def __init__(self, data_config: ml_collections.ConfigDict):
     self.image_size = tuple(data_config.image_size)
     self.grayscale = bool(data_config.grayscale)
-    spec = f"resize({self.image_size[0]}, {self.image_size[1]}, mode={data_config.resize_mode!r})"
+    self.downscale = data_config.get("downscale", "bilinear")
+    spec = "remove_grid|" if data_config.get("remove_grid", False) else ""
+    spec += (f"resize({self.image_size[0]}, {self.image_size[1]}, "
+             f"mode={data_config.resize_mode!r}, method={self.downscale!r})")
     if data_config.grayscale:
       spec += "|grayscale"
     self.spec = spec
     self._ops = None
 
   def map(self, example):
+    return {"image": self.process(self.decode(example)), "label": np.int32(example["label"])}
+
+  def decode(self, example) -> np.ndarray:
+    """An example's encoded panel -> uint8 RGB, as large as `process` needs it."""
     source = example.get("source_path", b"")
     source = source.decode() if isinstance(source, bytes) else str(source)
-    image = decode_image(example["image"], self.image_size, what=f"image of {source!r}")
-    return {"image": self.process(image), "label": np.int32(example["label"])}
+    # JPEG's reduced decoding averages like an area resize: not before min-pooling.
+    draft = self.image_size if self.downscale == "bilinear" else None
+    return decode_image(example["image"], draft, what=f"image of {source!r}")
 
   def process(self, image: np.ndarray) -> np.ndarray:
     """A decoded uint8 RGB image to the model's input size and channels."""

@@ -1,4 +1,4 @@
-"""Small named host image ops (resize, grayscale), chained by a big_vision-style spec string.
+"""Small named host image ops (resize, grid removal, grayscale), chained by a big_vision-style spec string.
 
 A spec such as ``"resize(256, 448, mode='pad')|grayscale"`` names ops registered here with
 `register`; each op is built from its arguments into a function ``op(image, rng) -> image`` on a
@@ -117,29 +117,95 @@ def fit_box(source_hw: tuple[int, int], target_hw: tuple[int, int],
   return (height - nh) // 2, (width - nw) // 2, nh, nw
 
 
+RESIZE_METHODS = ("bilinear", "min_pool")
+
+
+def min_pool(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Shrinks a uint8 HWC image to (height, width), each output pixel the darkest of its block.
+
+  The source rows (columns) are dealt into `height` (`width`) contiguous blocks of 1-2+ pixels, as
+  `floor(i * source / target)` starts them, and each channel takes its minimum over a block: a 1-2 px
+  dark trace stays as dark and at least 1 px wide however far the page is shrunk, where a bilinear
+  or area resize averages it with the paper into grey. Needs target <= source on both axes.
+  """
+  h, w = image.shape[:2]
+  if height > h or width > w:
+    raise ValueError(f"min_pool shrinks: {h}x{w} cannot become {height}x{width}.")
+  rows = np.floor(np.arange(height) * (h / height)).astype(np.intp)
+  cols = np.floor(np.arange(width) * (w / width)).astype(np.intp)
+  out = np.minimum.reduceat(image, rows, axis=0)
+  return np.minimum.reduceat(out, cols, axis=1)
+
+
 @register("resize")
-def resize(height: int, width: int, mode: str = "pad", fill: int = 255) -> Op:
+def resize(height: int, width: int, mode: str = "pad", fill: int = 255,
+           method: str = "bilinear") -> Op:
   """Resizes to (height, width).
 
   mode="pad" keeps the aspect ratio and pads with `fill` (white paper) to the target, centred;
-  mode="stretch" scales each axis independently.
+  mode="stretch" scales each axis independently. method="bilinear" (PIL, antialiased when
+  shrinking) or "min_pool" (`min_pool`: keeps a thin dark trace dark when shrinking; an axis that
+  grows is resized bilinearly first).
   """
   if mode not in ("pad", "stretch"):
     raise ValueError(f"resize mode must be 'pad' or 'stretch', got {mode!r}.")
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"resize method must be one of {RESIZE_METHODS}, got {method!r}.")
 
   def op(image, rng):
     del rng
     h, w = image.shape[:2]
     if (h, w) == (height, width):
       return image
-    pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     top, left, nh, nw = fit_box((h, w), (height, width), mode)
-    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0))
+    if method == "min_pool":
+      if nh > h or nw > w:  # Growing an axis: bilinear up to at least the target, then pool.
+        image = _bilinear(image, max(h, nh), max(w, nw))
+      resized = min_pool(image, nh, nw)
+    else:
+      resized = _bilinear(image, nh, nw)
     if (nh, nw) == (height, width):
       return resized.reshape(height, width, -1)
     out = np.full((height, width) + resized.shape[2:], fill, dtype=np.uint8)
     out[top:top + nh, left:left + nw] = resized
     return out.reshape(height, width, -1)
+
+  return op
+
+
+def _bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  if image.shape[:2] == (height, width):
+    return image
+  pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+  return np.asarray(pil.resize((width, height), Image.BILINEAR, reducing_gap=2.0)).reshape(
+      height, width, -1)
+
+
+@register("remove_grid")
+def remove_grid(ink: float = 60.0, paper: float = 175.0) -> Op:
+  """The printed grid removed by colour: a clean trace on white, from the page's luminance.
+
+  The trace is near-black; the grid's dots and lines are lighter (grey, pink or red: their
+  luminance is well above the trace's) and the paper white. Luminance at or below `ink` becomes
+  black, at or above `paper` white, linearly in between (the trace's antialiased edge). Run before
+  any downscale. Keeps the channel count (grey values in every channel).
+
+  The defaults suit panels stored 640-1280 px wide (`ecg_images/w640`, `w1024`, the dev pages),
+  where the release's 1 px grid dots have luminance 180-240 and the trace's core below 60. On
+  full-resolution scans (`ecg_images/full`, ~2100 px) the dots are still 80-180: use
+  `remove_grid(ink=30, paper=70)` there.
+  """
+  if not 0 <= ink < paper <= 255:
+    raise ValueError(f"remove_grid needs 0 <= ink < paper <= 255, got ink={ink}, paper={paper}.")
+  lut = (np.clip((np.arange(256, dtype=np.float32) - ink) / (paper - ink), 0, 1) * 255
+         ).round().astype(np.uint8)
+
+  def op(image, rng):
+    del rng
+    if image.shape[-1] == 1:
+      return lut[image]
+    luminance = np.asarray(Image.fromarray(image).convert("L"))
+    return np.repeat(lut[luminance][..., None], image.shape[-1], axis=-1)
 
   return op
 
