@@ -109,8 +109,13 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if not paths:
     raise app.UsageError("Give one or more image files after the flags.")
-  results = predict_files(FLAGS.workdir, paths, checkpoint=FLAGS.checkpoint, crop=FLAGS.crop,
-                          batch_size=FLAGS.batch_size)
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    results = predict_files(FLAGS.workdir, paths, checkpoint=FLAGS.checkpoint, crop=FLAGS.crop,
+                            batch_size=FLAGS.batch_size)
+  except (FileNotFoundError, checkpoints.CheckpointError,
+          checkpoints.CheckpointMismatchError) as e:  # The run, not a page: one line for the user.
+    sys.exit(f"ecgjax.predict: {' '.join(str(e).split())}")
   for r in results:
     if "error" in r:
       print(f"error: {r['error']}", file=sys.stderr)

@@ -96,3 +96,13 @@ def test_command_json_and_exit_status(run_dir, pages):
                          timeout=300, env={**os.environ, "PYTHONPATH": REPO})
   assert table.returncode == 0, table.stderr[-2000:]
   assert "prediction" in table.stdout and "rgba.png" in table.stdout
+
+
+def test_command_on_a_folder_that_is_no_run_says_so_in_one_line(pages, tmp_path):
+  out = subprocess.run([sys.executable, "-m", "ecgjax.predict", f"--workdir={tmp_path}",
+                        pages["gray_png"]], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO})
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("ecgjax.predict: ") and "config.json not found" in last
+  assert "Traceback" not in out.stderr
