@@ -8,6 +8,7 @@ same calls, and says once that TensorBoard summaries are off.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -72,7 +73,6 @@ class EpochBar:
   epoch's end, where the trainer logs the epoch's line; logs redirected to a file get no bar."""
 
   def __init__(self, steps_per_epoch: int, stream=None, min_interval_s: float = 0.1):
-    import sys  # pylint: disable=g-import-not-at-top
     self.steps_per_epoch = int(steps_per_epoch)
     self.min_interval_s = min_interval_s  # Redraws at most this often.
     self.stream = stream if stream is not None else sys.stderr
@@ -82,9 +82,9 @@ class EpochBar:
   def __call__(self, step: int):
     if not self.enabled:
       return
-    import tqdm  # pylint: disable=g-import-not-at-top
     done = (step - 1) % self.steps_per_epoch + 1
     if self._bar is None:
+      import tqdm  # pylint: disable=g-import-not-at-top  # Only on a terminal.
       self._bar = tqdm.tqdm(total=self.steps_per_epoch, initial=done - 1, leave=False,
                             file=self.stream, unit="step", dynamic_ncols=True,
                             mininterval=self.min_interval_s, miniters=1,

@@ -8,7 +8,6 @@ the rendered pixels.
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
 
