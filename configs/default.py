@@ -22,7 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = "~/.cache/ecgjax/jax"
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "ecg_synth"  # TFDS builder: 'ecg_synth' (generated) or 'ecg_images' (real).
+  # TFDS builder: 'ecg_synth' (generated), 'ecg_images' (real) or 'ecg_signals_sim' (simulated
+  # recordings, no pages: config.data.input='signals' only).
+  config.dataset.name = "ecg_synth"
   config.dataset.config = "small"  # BuilderConfig of that builder.
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS default.
   config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # ecg_images: where the release is.
@@ -41,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.downscale = "min_pool"
   config.data.grayscale = True
   config.data.value_range = (-1.0, 1.0)  # uint8 [0, 255] is mapped to this inside the step.
+  # What the model reads: 'image' (the panel, as above) or 'signals' (the page digitized into its
+  # twelve 2.5 s leads and rhythm strip, in mV; ecgjax/data/digitized.py; configs/signals.py).
+  config.data.input = "image"
+  config.data.signal_hz = 125  # Sampling rate of the signals (a divisor of 500 Hz).
   # Training augmentation, ops of ecgjax/data/augment.py run on the device in the train step, e.g.
   # "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"; '' turns it off.
   config.data.augment = ""
@@ -52,7 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.prefetch = 4  # Batches each thread gathers ahead.
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"  # 'cnn', 'mobilenet_v2', 'vgg16' or 'fusion'; the other fields are its arguments.
+  # 'cnn', 'mobilenet_v2', 'vgg16', 'fusion' (page images) or 'resnet1d' (signals); the other fields
+  # are its arguments.
+  config.model.name = "cnn"
   config.model.filters = (16, 32, 64, 128)
   config.model.convs_per_stage = 1
   config.model.dense_units = 64

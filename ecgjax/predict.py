@@ -59,14 +59,21 @@ def predict_pages(loaded: checkpoints.LoadedModel, paths: Sequence[str], *, crop
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   data_config = loaded.config.data
-  value_range = tuple(data_config.value_range)
+  value_range = pipeline.input_range(loaded.config)
+  # A signal model (config.data.input='signals') reads the whole page's digitized leads, uncropped.
+  signals = data_config.get("input", "image") == "signals"
   logits_fn = jax.jit(lambda images: loaded.logit_fn(pipeline.normalize(images, value_range)))
 
   results: list[dict[str, Any]] = [{"path": p} for p in paths]
   ready = []
   for result in results:
     try:
-      image, note = pipeline.load_page(result["path"], data_config, crop=crop)
+      if signals:
+        from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
+        image = digitized.digitized_view(result["path"], data_config.signal_hz)
+        note = "whole page digitized"
+      else:
+        image, note = pipeline.load_page(result["path"], data_config, crop=crop)
     except (OSError, ValueError) as e:
       result["error"] = str(e)
       continue

@@ -43,7 +43,6 @@ from ecgjax import validate
 from ecgjax import writers
 from ecgjax.classes import NUM_CLASSES
 from ecgjax.data import augment
-from ecgjax.data import decoded as decoded_lib
 from ecgjax.data import pipeline
 
 
@@ -179,7 +178,7 @@ def _variables(params, batch_stats):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                class_weights: jax.Array, dropout_key: jax.Array, label_smoothing: float,
-               ema_decay: float, value_range: tuple[float, float], focal_gamma: float = 0.0,
+               ema_decay: float, value_range: tuple[float, float] | None, focal_gamma: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
                augment_key: jax.Array | None = None) -> tuple[TrainState, TrainMetrics]:
   images = batch["image"]
@@ -212,7 +211,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: nn.Module,
-              value_range: tuple[float, float]) -> tuple[jax.Array, EvalMetrics]:
+              value_range: tuple[float, float] | None) -> tuple[jax.Array, EvalMetrics]:
   images = pipeline.normalize(batch["image"], value_range)
   logits = model.apply(variables, images, train=False)
   loss = per_example_loss(logits, batch["label"])
@@ -222,7 +221,7 @@ def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: 
 
 
 def batch_stats_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
-                     model: nn.Module, value_range: tuple[float, float]) -> Any:
+                     model: nn.Module, value_range: tuple[float, float] | None) -> Any:
   """The BatchNorm statistics of one batch alone: `model` must be built with bn_momentum=0."""
   images = pipeline.normalize(batch["image"], value_range)
   _, updates = model.apply(_variables(params, batch_stats), images, train=True,
@@ -296,9 +295,10 @@ class Trainer:
     self.sources = {name: pipeline.Source(self.builder, s)
                     for name, s in (("train", splits.train), ("val", splits.val),
                                     ("test", splits.test)) if s}
-    # Each page decoded and resized once (cached beside the data set), gathered by index.
+    # Each page decoded and resized (or digitized, config.data.input) once, cached beside the data
+    # set, gathered by index.
     self.data = mesh_lib.first_process_first(
-        lambda: {name: decoded_lib.load(source, config.data)
+        lambda: {name: pipeline.load(source, config)
                  for name, source in self.sources.items()}, "pages decoded")
     self.train_labels = self.data["train"].labels
     self.steps_per_epoch = len(self.sources["train"]) // config.train.batch_size
@@ -311,9 +311,8 @@ class Trainer:
     self.model = models.create_model(config.model, **self.model_setup.model_overrides)
     self.tx, self.schedule = create_optimizer(config.train, self.total_steps, self.steps_per_epoch,
                                               frozen=self.model_setup.frozen)
-    self.value_range = tuple(config.data.value_range)
-    channels = 1 if config.data.grayscale else 3
-    self.image_shape = (*config.data.image_size, channels)
+    self.value_range = pipeline.input_range(config)  # None: signals, fed as they are.
+    self.image_shape = self.data["train"].image_shape  # (H, W, C) of a page, (T, C) of signals.
     self.class_weights = class_weights_for(config.train, self.train_labels)
 
     self.state_sharding = jax.tree_util.tree_map(

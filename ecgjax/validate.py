@@ -87,6 +87,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not (which in ("best", "latest") or (isinstance(which, int) and which >= 0)
           or (isinstance(which, str) and which.isdigit())):
     _fail("eval.checkpoint", which, "use 'best', 'latest' or a step number")
+  _check_input(config, models, pipeline)
   try:
     augment.parse(config.data.augment)
     decoded.cache_mode(config.data)
@@ -95,3 +96,32 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from e
+
+
+def _check_input(config, models, pipeline) -> None:
+  """The model, data set and page-only features agree with `config.data.input`."""
+  kind = config.data.get("input", "image")
+  _choice(config, "data.input", pipeline.INPUTS)
+  reads_signals = config.model.name in models.SIGNAL_MODELS
+  if kind == "signals":
+    from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
+    try:
+      digitized.check_rate(config.data.signal_hz)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    if not reads_signals:
+      _fail("model.name", config.model.name, "a page-image model cannot read "
+            f"config.data.input='signals'; use one of {sorted(models.SIGNAL_MODELS)}")
+    if config.data.augment:
+      _fail("data.augment", config.data.augment, "the augmentation ops act on page images; use '' "
+            "with config.data.input='signals'")
+    if config.saliency.num_pages:
+      _fail("saliency.num_pages", config.saliency.num_pages, "saliency maps are drawn on page "
+            "images; use 0 with config.data.input='signals'")
+  else:
+    if reads_signals:
+      _fail("model.name", config.model.name, "this model reads digitized signals; set "
+            "config.data.input='signals'")
+    if config.dataset.name == "ecg_signals_sim":
+      _fail("dataset.name", config.dataset.name, "it holds signals only; set "
+            "config.data.input='signals' and a signal model")

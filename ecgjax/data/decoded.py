@@ -88,7 +88,7 @@ class DecodedImages:
       images, labels = self._parts[0]
       return {"image": images[indices], "label": labels[indices]}
     part = np.searchsorted(self._offsets, indices, side="right") - 1
-    images = np.empty((len(indices),) + self.image_shape, np.uint8)
+    images = np.empty((len(indices),) + self.image_shape, self._parts[0][0].dtype)
     labels = np.empty((len(indices),), np.int32)
     for p in np.unique(part):
       where = part == p
@@ -155,13 +155,13 @@ def _decode_split(split_source, preprocess, threads: int) -> tuple[np.ndarray, n
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     results = list(pool.map(one, range(n)))
   images = np.stack([r[0] for r in results]) if results else np.zeros(
-      (0, *preprocess.image_size, 1 if preprocess.grayscale else 3), np.uint8)
+      (0, *preprocess.output_shape), preprocess.dtype)
   labels = np.array([r[1] for r in results], np.int32)
   return images, labels
 
 
 def load(source, data_config: ml_collections.ConfigDict, *, folder: str | None = None,
-         threads: int | None = None) -> DecodedImages:
+         threads: int | None = None, preprocess=None) -> DecodedImages:
   """Every example of `source` (a `pipeline.Source`) decoded at the model's size, cached on disk.
 
   Args:
@@ -169,12 +169,15 @@ def load(source, data_config: ml_collections.ConfigDict, *, folder: str | None =
     data_config: `config.data` (image_size, resize_mode, grayscale, cache).
     folder: where the cache lives; default beside the built data set.
     threads: decoding threads; default one per core.
+    preprocess: what reads an example (`map(example) -> {"image", "label"}`, with `key`, `spec`,
+      `output_shape` and `dtype`); default `pipeline.Preprocess(data_config)`, the page images.
+      `digitized.Preprocess` reads signals instead, cached the same way under its own key.
   """
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
   mode = cache_mode(data_config)
-  folder = folder or os.path.join(str(source.builder.data_dir), "decoded", cache_key(data_config))
+  preprocess = preprocess or pipeline.Preprocess(data_config)
+  folder = folder or os.path.join(str(source.builder.data_dir), "decoded", preprocess.key)
   threads = threads or os.cpu_count() or 1
-  preprocess = pipeline.Preprocess(data_config)
   parts, paths = [], []
   writable = True
   for split, split_source in zip(source.splits, source.split_sources):
@@ -192,7 +195,7 @@ def load(source, data_config: ml_collections.ConfigDict, *, folder: str | None =
         logging.warning("Decoded cache %s is unreadable (%s); decoding %s again.", path, e, split)
     if cached is None or len(cached[1]) != len(split_source):
       logging.info("Decoding %d pages of %s at %s into %s.", len(split_source), split,
-                   cache_key(data_config), folder)
+                   preprocess.key, folder)
       images, labels = _decode_split(split_source, preprocess, threads)
       cached = (images, labels)
       if writable:

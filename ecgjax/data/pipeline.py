@@ -1,11 +1,13 @@
-"""The input pipeline: TFDS data sources in, batches of uint8 images and labels out.
+"""The input pipeline: TFDS data sources in, batches of uint8 images (or signals) and labels out.
 
 Every page is decoded and resized once per run (`decoded.load`, cached on disk); batches are gathered
 from those arrays by index. Train batches come from an endless, seeded, per-epoch reshuffled
 `grain.MapDataset` of indices, sharded by process for multi-host runs; the iterator is checkpointable
 (`get_state`/`set_state`) so a resumed run sees the same batches. Evaluation batches cover a split
 exactly once, padded to whole batches with a `mask`. Images stay uint8 on the host (four times less to
-move than float32); augmentation (`augment`) and `normalize` run inside the jitted step.
+move than float32); augmentation (`augment`) and `normalize` run inside the jitted step. With
+`config.data.input='signals'` the same machinery carries each page's digitized leads instead
+(`digitized`, float32 in mV, under the same batch key "image"), which `normalize` leaves as they are.
 
 Not here: the data sets themselves (`ecg_synth`, `ecg_images`), the host image ops (`transforms`) and
 the augmentation ops (`augment`).
@@ -37,7 +39,9 @@ from ecgjax.data import transforms
 DATASET_MODULES = {
     "ecg_synth": "ecgjax.data.ecg_synth",
     "ecg_images": "ecgjax.data.ecg_images",
+    "ecg_signals_sim": "ecgjax.data.ecg_signals_sim",  # Signals only: config.data.input='signals'.
 }
+INPUTS = ("image", "signals")  # What `config.data.input` may name.
 
 
 def _register_builder(name: str) -> None:
@@ -107,10 +111,10 @@ class Source:
   def __init__(self, builder: tfds.core.DatasetBuilder, splits: Sequence[str]):
     self.builder = builder
     self.splits = tuple(splits)
-    self.split_sources = [
-        builder.as_data_source(split=s, decoders={"image": tfds.decode.SkipDecoding()})
-        for s in self.splits
-    ]
+    # Images stay encoded; a data set of signal recipes (`ecg_signals_sim`) has none.
+    decoders = ({"image": tfds.decode.SkipDecoding()} if "image" in builder.info.features
+                else None)
+    self.split_sources = [builder.as_data_source(split=s, decoders=decoders) for s in self.splits]
     self._offsets = np.cumsum([0] + [len(s) for s in self.split_sources])
 
   def __len__(self) -> int:
@@ -163,6 +167,9 @@ class Preprocess(grain.transforms.Map):
     if data_config.grayscale:
       spec += "|grayscale"
     self.spec = spec
+    self.key = decoded_lib.cache_key(data_config)
+    self.output_shape = (*self.image_size, 1 if self.grayscale else 3)
+    self.dtype = np.uint8
     self._ops = None
 
   def map(self, example):
@@ -287,15 +294,42 @@ def eval_batches(decoded: decoded_lib.DecodedImages, *, local_batch_size: int,
     batch = decoded.gather(chunk)
     pad = local_batch_size - len(chunk)
     images = np.concatenate([batch["image"],
-                             np.zeros((pad,) + decoded.image_shape, np.uint8)])
+                             np.zeros((pad,) + decoded.image_shape, batch["image"].dtype)])
     labels = np.concatenate([batch["label"], np.zeros((pad,), np.int32)])
     mask = np.arange(local_batch_size) < len(chunk)
     yield {"image": images, "label": labels, "mask": mask}
 
 
-def normalize(images: jax.Array, value_range: Sequence[float] = (-1.0, 1.0),
+def load(source: Source, config: ml_collections.ConfigDict) -> decoded_lib.DecodedImages:
+  """The model inputs of every example of `source`, read once and cached (`decoded.load`): pages
+  decoded at the model's size, or with `config.data.input='signals'` their digitized leads."""
+  kind = config.data.get("input", "image")
+  if kind == "signals":
+    from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
+    return decoded_lib.load(source, config.data, preprocess=digitized.Preprocess(config))
+  if kind != "image":
+    raise ValueError(f"config.data.input={kind!r}; use one of {INPUTS}.")
+  if "image" not in source.builder.info.features:
+    raise ValueError(f"{source.builder.info.full_name} holds no images, only signals: use it with "
+                     "config.data.input='signals' and a signal model (e.g. 'resnet1d').")
+  return decoded_lib.load(source, config.data)
+
+
+def input_range(config: ml_collections.ConfigDict) -> tuple[float, float] | None:
+  """What `normalize` maps the inputs to: `config.data.value_range`, or None for signals (mV)."""
+  if config.data.get("input", "image") == "signals":
+    return None
+  return tuple(config.data.value_range)
+
+
+def normalize(images: jax.Array, value_range: Sequence[float] | None = (-1.0, 1.0),
               dtype: Any = jnp.float32) -> jax.Array:
-  """Images on the 0..255 scale (uint8, or float after augmentation) to `value_range`; in jit."""
+  """Images on the 0..255 scale (uint8, or float after augmentation) to `value_range`; in jit.
+
+  `value_range=None`: the inputs are already on the model's scale (signals in mV), only cast.
+  """
+  if value_range is None:
+    return images.astype(dtype)
   lo, hi = value_range
   return (images.astype(dtype) * ((hi - lo) / 255.0) + lo).astype(dtype)
 

@@ -24,7 +24,10 @@ MODELS: dict[str, str] = {
     "mobilenet_v2": "ecgjax.models.mobilenet_v2:MobileNetV2",
     "vgg16": "ecgjax.models.vgg16:VGG16",
     "fusion": "ecgjax.models.fusion:FusedModel",
+    "resnet1d": "ecgjax.models.resnet1d:ResNet1D",
 }
+# What each model reads (`config.data.input`): page images unless named here.
+SIGNAL_MODELS: frozenset[str] = frozenset({"resnet1d"})
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

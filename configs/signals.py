@@ -1,0 +1,54 @@
+r"""A 1-D ResNet on the digitized leads of each page instead of its pixels.
+
+  python -m ecgjax.main --config=configs/signals.py --workdir=runs/signals \
+      --config.dataset.name=ecg_images --config.dataset.config=w640 \
+      --config.dataset.manual_dir=$HOME/ecg_release
+
+The pages are digitized once from the original files under `manual_dir` (`ecgjax/data/digitized.py`;
+about 0.05 s a page) and cached beside the data set. Pre-trained on simulated recordings first (no
+pages rendered; `ecg_signals_sim`), then fine-tuned:
+
+  python -m ecgjax.main --config=configs/signals.py:pretrain --workdir=runs/signals_sim
+  python -m ecgjax.main --config=configs/signals.py --workdir=runs/signals_ft \
+      --config.dataset.name=ecg_images --config.dataset.config=w640 \
+      --config.dataset.manual_dir=$HOME/ecg_release --config.init_from=runs/signals_sim
+
+`--config=configs/signals.py:smoke` shrinks it to a CPU smoke run of seconds.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = default.base_config()
+  config.data.input = "signals"
+  config.data.signal_hz = 125  # The dev pages (1280 px) resolve about 120 px per second anyway.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet1d"
+  config.model.stem_width = 32
+  config.model.widths = (32, 64, 128, 128)  # Each stage halves time: 1250 samples -> 39 at the end.
+  config.model.blocks_per_stage = 1
+  config.model.kernel_size = 7
+  config.model.dropout = 0.3
+  config.model.bn_momentum = 0.9
+  config.model.dtype = "float32"
+  config.train.num_epochs = 60
+  config.train.learning_rate = 3e-3
+  config.train.weight_decay = 1e-4
+  config.saliency.num_pages = 0  # Saliency maps are drawn on page images.
+  if arg == "pretrain":
+    config.dataset.name = "ecg_signals_sim"
+    config.dataset.config = "large"  # 4000 simulated recordings (about 2 min to simulate once).
+    config.data.test_fold = None  # The test is on real pages, after fine-tuning.
+    config.train.num_epochs = 10
+    config.train.batch_size = 32
+  elif arg == "smoke":
+    config = default.smoke(config)
+    config.model.stem_width = 4
+    config.model.widths = (4, 8)
+    config.saliency.num_pages = 0
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke', 'pretrain' or nothing.")
+  return config

@@ -1,0 +1,91 @@
+"""A 1-D residual network over the leads read off a page, not over its pixels.
+
+Its input is what `ecgjax.data.digitized` makes of a page: (time, 13) in mV, the twelve leads each
+holding the 2.5 s the page shows of it (zeros elsewhere) on the page's 10 s time base, and the rhythm
+strip. A stem convolution, stages of basic residual blocks (two convolutions of `kernel_size` with
+BatchNorm, the first of a stage striding by 2, a 1-wide projection where the shape changes), global
+average pooling over time and a dense head, as ResNet-18 is to images (He et al. 2016) and as
+1-D ResNets are used for 12-lead classification (e.g. Ribeiro et al. 2020, Nat. Commun. 11:1760).
+
+Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fusion`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ecgjax.models.batch_norm import BatchNorm
+
+
+class ResidualBlock1D(nn.Module):
+  """[conv, BN, ReLU, conv, BN] + shortcut, then ReLU."""
+  width: int
+  strides: int
+  conv: Any
+  norm: Any
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.width, strides=(self.strides,), name="conv0")(x)
+    y = nn.relu(self.norm(name="bn0")(y))
+    y = self.conv(self.width, name="conv1")(y)
+    y = self.norm(name="bn1")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.width, kernel_size=(1,), strides=(self.strides,),
+                           name="proj")(residual)
+      residual = self.norm(name="proj_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet1D(nn.Module):
+  """A small ResNet over (batch, time, channels) signals.
+
+  Attributes:
+    num_classes: number of output logits.
+    stem_width: channels of the stem convolution (stride 2, then max pooling by 2).
+    widths: output channels of each stage; each stage halves the time axis.
+    blocks_per_stage: residual blocks per stage.
+    kernel_size: width of every convolution but the projections (in samples: 7 at 125 Hz is 56 ms).
+    dropout: dropout rate before the logits.
+    bn_momentum: BatchNorm moving-average momentum (the trainer also recomputes the statistics).
+    dtype: computation dtype; parameters stay float32.
+  """
+  num_classes: int
+  stem_width: int = 32
+  widths: Sequence[int] = (32, 64, 128, 128)
+  blocks_per_stage: int = 1
+  kernel_size: int = 7
+  dropout: float = 0.3
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, signals, *, train: bool = False, return_features: bool = False):
+    if signals.ndim != 3:
+      raise ValueError(f"ResNet1D takes (batch, time, channels) signals, got shape "
+                       f"{signals.shape}; it needs config.data.input='signals'.")
+    conv = functools.partial(nn.Conv, kernel_size=(self.kernel_size,), padding="SAME",
+                             use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32)
+    x = signals.astype(self.dtype)
+    x = conv(self.stem_width, strides=(2,), name="stem")(x)
+    x = nn.relu(norm(name="stem_bn")(x))
+    x = nn.max_pool(x, (3,), strides=(2,), padding="SAME")
+    for stage, width in enumerate(self.widths):
+      for block in range(self.blocks_per_stage):
+        strides = 2 if block == 0 and stage > 0 else 1
+        x = ResidualBlock1D(width, strides, conv, norm, name=f"stage{stage}_block{block}")(x)
+    features = jnp.mean(x, axis=1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(features)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                      name="logits")(x).astype(jnp.float32)
+    if return_features:
+      return logits, features.astype(jnp.float32)
+    return logits
