@@ -73,7 +73,8 @@ def predict_pages(loaded: checkpoints.LoadedModel, paths: Sequence[str], *, crop
         image = digitized.digitized_view(result["path"], data_config.signal_hz)
         note = "whole page digitized"
       else:
-        image, note = pipeline.load_page(result["path"], data_config, crop=crop)
+        image, note = pipeline.load_page(result["path"], data_config, crop=crop,
+                                         dataset_config=loaded.config.dataset)
     except (OSError, ValueError) as e:
       result["error"] = str(e)
       continue

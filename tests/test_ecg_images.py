@@ -288,3 +288,24 @@ class EcgImagesTest(tfds.testing.DatasetBuilderTestCase):
     super().tearDownClass()
     shutil.rmtree(cls._dummy_root, ignore_errors=True)
 
+
+
+def test_a_page_file_reaches_the_model_as_its_stored_example(sample_build):
+  """`pipeline.load_page(..., dataset_config=...)` (prediction, evaluation, saliency on files)
+  gives the model the page as training gave it: stored as the builder config stores it."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.dataset.name, config.dataset.config = "ecg_images", "w1024"
+  _, examples = sample_build
+  model_input = lambda image: pipeline.Preprocess(config.data).process(image).astype(int)
+  for ex in examples["fold0"][:2]:
+    path = SAMPLE / ex["source_path"].decode()
+    rgb, _ = pipeline.read_page(path)
+    stored = pipeline.as_stored(rgb, config.dataset, config.data)
+    assert stored.shape == ex["image"].shape
+    assert np.abs(stored.astype(int) - ex["image"]).mean() < 0.5
+    loaded, _ = pipeline.load_page(path, config.data, dataset_config=config.dataset)
+    assert np.abs(loaded - model_input(ex["image"])).mean() < 0.5
+    # Read as it is (2213 px wide), the page reaches the model unlike any training page.
+    assert np.abs(model_input(rgb) - model_input(ex["image"])).mean() > 2

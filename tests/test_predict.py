@@ -65,7 +65,8 @@ def test_every_page_predicted_and_bad_file_reported(run_dir, pages):
     assert r["note"].startswith("panel rows")  # The grid panel was found on every page.
     assert r["reliable"]
   # The same numbers as the model on the page prepared by hand.
-  image, _ = pipeline.load_page(pages["real_jpeg"], loaded.config.data)
+  image, _ = pipeline.load_page(pages["real_jpeg"], loaded.config.data,
+                                dataset_config=loaded.config.dataset)
   logits = loaded.logit_fn(pipeline.normalize(image[None], loaded.config.data.value_range))
   expected = np.exp(logits[0] - logits[0].max())
   expected = expected / expected.sum()

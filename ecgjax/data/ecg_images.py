@@ -386,11 +386,27 @@ class EcgImages(tfds.core.GeneratorBasedBuilder):
     box = page.box
     with Image.open(io.BytesIO(page.source.read())) as im:
       crop = im.convert("RGB").crop((box.left, box.top, box.right, box.bottom))
-    width = self.builder_config.width
-    if width is not None and crop.width != width:
-      height = max(1, round(crop.height * width / crop.width))
-      crop = crop.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buffer = io.BytesIO()
-    # 4:4:4 chroma keeps the one-pixel pink grid dots their colour.
-    crop.save(buffer, format="JPEG", quality=self.builder_config.jpeg_quality, subsampling=0)
-    return buffer.getvalue()
+    return encode_panel(crop, self.builder_config.width, self.builder_config.jpeg_quality)
+
+
+def encode_panel(crop: Image.Image, width: int | None, jpeg_quality: int) -> bytes:
+  """A panel crop as a builder config stores it: `width` px wide (LANCZOS), JPEG at 4:4:4."""
+  if width is not None and crop.width != width:
+    height = max(1, round(crop.height * width / crop.width))
+    crop = crop.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+  buffer = io.BytesIO()
+  # 4:4:4 chroma keeps the one-pixel pink grid dots their colour.
+  crop.save(buffer, format="JPEG", quality=jpeg_quality, subsampling=0)
+  return buffer.getvalue()
+
+
+def store_panel(panel: np.ndarray, config_name: str | None) -> bytes:
+  """A panel crop (uint8 RGB) as the builder config `config_name` (None: the default) stores its
+  pages, so a page read from a file (`pipeline.load_page`) reaches the model as a training page
+  does: a model trained on `w640` panels is not shown a 1280 px panel min-pooled instead."""
+  configs = {c.name: c for c in EcgImages.BUILDER_CONFIGS}
+  name = config_name or EcgImages.DEFAULT_CONFIG_NAME
+  if name not in configs:
+    raise ValueError(f"config.dataset.config={name!r} is no ecg_images config; available: "
+                     f"{sorted(configs)}.")
+  return encode_panel(Image.fromarray(panel), configs[name].width, configs[name].jpeg_quality)

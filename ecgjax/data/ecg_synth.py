@@ -6,7 +6,9 @@ width and stored as JPEG bytes, so TFDS writes array_record files without Tensor
 splits (fold0..fold4) and fold assignment are those of `ecgjax.data.features`, so a config switches
 between `ecg_images` and `ecg_synth` by name alone.
 
-    import tensorflow_datasets as tfds
+    import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
     from ecgjax.data import ecg_synth  # Registers the builder.
     tfds.builder("ecg_synth/small", data_dir=d).download_and_prepare(file_format="array_record")
     source = tfds.data_source("ecg_synth/small", data_dir=d, split="fold0")
@@ -22,7 +24,9 @@ import dataclasses
 import multiprocessing
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import features as features_lib
@@ -87,6 +91,22 @@ class EcgSynth(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, examples):
     for example in examples:
       yield example["image_id"], example
+
+
+def store_panel(panel: np.ndarray, config_name: str | None) -> bytes:
+  """A panel crop (uint8 RGB) as the builder config `config_name` stores its pages (resized to its
+  width as `synth.panel_jpeg` resizes, JPEG at its quality), for pages read from files."""
+  configs = {c.name: c for c in EcgSynth.BUILDER_CONFIGS}
+  name = config_name or EcgSynth.DEFAULT_BUILDER_CONFIG_NAME
+  if name not in configs:
+    raise ValueError(f"config.dataset.config={name!r} is no ecg_synth config; available: "
+                     f"{sorted(configs)}.")
+  cfg = configs[name]
+  image = Image.fromarray(panel)
+  if image.width != cfg.width:
+    height = max(1, round(image.height * cfg.width / image.width))
+    image = image.resize((cfg.width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+  return synth.encode_jpeg(np.asarray(image), cfg.jpeg_quality)
 
 
 def example_jobs(cfg: EcgSynthConfig) -> list[tuple[str, int]]:

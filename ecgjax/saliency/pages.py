@@ -49,8 +49,15 @@ def page_from_example(example: Mapping[str, Any], data_config: ml_collections.Co
 
 
 def page_from_file(path: str, data_config: ml_collections.ConfigDict, crop_panel: bool = True,
-                   label: int | None = None) -> Page:
-  """A page on disk (a scan of the whole page, or with crop_panel=False a panel crop) -> Page."""
+                   label: int | None = None,
+                   dataset_config: ml_collections.ConfigDict | None = None) -> Page:
+  """A page on disk (a scan of the whole page, or with crop_panel=False a panel crop) -> Page.
+
+  `dataset_config`: the run's `config.dataset`; the panel is then stored as its data set stores
+  pages first (`pipeline.as_stored`), as prediction does.
+  """
   rgb, _ = pipeline.read_page(path, crop=crop_panel)
+  if dataset_config is not None:
+    rgb = pipeline.as_stored(rgb, dataset_config, data_config)
   name = os.path.splitext(os.path.basename(path))[0]
   return prepare_page(rgb, data_config, name, label, path)
