@@ -100,10 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.saliency = ml_collections.ConfigDict()
   config.saliency.num_pages = 4  # Test pages the main job writes maps for (0: none).
-  # 'gradient', 'smoothgrad', 'integrated_gradients' or 'grad_cam' (last convolution).
-  config.saliency.method = "smoothgrad"
+  # 'gradient', 'smoothgrad', 'integrated_gradients' or 'grad_cam' (last convolution). Grad-CAM
+  # localises the MI territory best, passes the randomisation test and costs one backward pass
+  # (docs/results/explain/explain_eval.md; `experiments/explain_eval.py`).
+  config.saliency.method = "grad_cam"
   config.saliency.num_samples = 50  # SmoothGrad's noisy copies per page.
   config.saliency.steps = 64  # Integrated Gradients' path intervals.
+  # Each lead's contribution (logits) to the predicted class over the runner-up, by Integrated
+  # Gradients with this many steps, in the JSON and the lead chart; 0 turns it off.
+  config.saliency.contrast_steps = 32
   config.saliency.chunk_size = 16  # Forward-backward passes per jitted call: bounds the memory.
   return config
 
@@ -122,6 +127,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.saliency.num_pages = 2
   config.saliency.num_samples = 8
   config.saliency.steps = 8
+  config.saliency.contrast_steps = 4
   return config
 
 

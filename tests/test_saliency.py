@@ -274,7 +274,8 @@ def _check_outputs(json_path, method, num_pages):
   assert written["method"] == method and len(written["pages"]) == num_pages
   for page in written["pages"]:
     assert set(page["lead_share"]) == set(layout.LEADS) | {layout.RHYTHM}
-    assert len(page["top_leads"]) == 3
+    assert len(page["top_leads"]) == 3 and len(page["top_leads_per_ink"]) == 3
+    assert np.median([page["lead_ink_relative"][k] for k in layout.LEADS]) == pytest.approx(1.0)
     assert sum(page["probabilities"].values()) == pytest.approx(1.0)
     for key in ("overlay", "lead_chart"):
       with Image.open(page[key]) as image:
@@ -291,7 +292,8 @@ def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
     page.crop((71, 287, 2173, 1511)).save(panel)
   result = subprocess.run(
       [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={out}",
-       "--method=integrated_gradients", "--steps=8", f"--images={MI_PAGE}", panel],
+       "--method=integrated_gradients", "--steps=8", "--contrast_steps=8", f"--images={MI_PAGE}",
+       panel],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   written = _check_outputs(os.path.join(out, "saliency_integrated_gradients.json"),
@@ -300,6 +302,14 @@ def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
   assert first["true_class"] == "mi"  # From the release's folder name.
   assert second["true_class"] is None
   assert "completeness" in first
+  # Each lead's contribution to the predicted class over the runner-up: the leads' and the rest's
+  # add up to the Integrated Gradients total, which is near the margin's change from a blank page.
+  contrast = first["contrast"]
+  assert contrast["versus"] != first["predicted_class"] and contrast["margin"] >= 0
+  assert (sum(contrast["lead_contribution"].values()) + contrast["other_contribution"]
+          == pytest.approx(contrast["attribution_sum"], abs=1e-4))
+  assert contrast["attribution_sum"] == pytest.approx(contrast["margin_over_blank_page"],
+                                                      abs=0.05 + 0.1 * abs(contrast["margin"]))
   # Panel found on the page and the hand crop give nearly the same model input.
   assert abs(first["probabilities"]["mi"] - second["probabilities"]["mi"]) < 0.05
 
@@ -312,10 +322,12 @@ def test_command_names_and_skips_bad_files_and_explains_the_good_pages(workdir, 
   result = subprocess.run(
       [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={out}",
        "--method=gradient", "--images=no_such_page.jpg", f"--images={not_an_image}",
-       f"--images={MI_PAGE}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+       "--contrast_steps=0", f"--images={MI_PAGE}"], env=env, cwd=REPO, capture_output=True,
+      text=True, timeout=300)
   assert result.returncode == 1
   assert "no_such_page.jpg" in result.stderr and "notes.jpg" in result.stderr
-  _check_outputs(os.path.join(out, "saliency_gradient.json"), "gradient", 1)
+  page, = _check_outputs(os.path.join(out, "saliency_gradient.json"), "gradient", 1)["pages"]
+  assert "contrast" not in page  # --contrast_steps=0.
 
 
 def test_write_test_maps_explains_test_pages(workdir, tfds_data_dir):

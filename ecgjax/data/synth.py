@@ -644,11 +644,20 @@ def panel_jpeg(label: int | str, seed: int, width: int, height: int,
 
   The builder's unit of work; a top-level function so worker processes can run it.
   """
-  page, geometry = render(simulate(label, seed), seed, style=style, return_geometry=True)
+  return panel_example(label, seed, width, height, style, quality)[0]
+
+
+def panel_example(label: int | str, seed: int, width: int, height: int,
+                  style: PageStyle | None = None, quality: int = 92
+                  ) -> tuple[bytes, Record, PageGeometry]:
+  """`panel_jpeg`'s bytes with the record and page geometry behind them (for saliency checks,
+  which need the page's MI territory and rhythm-strip lead)."""
+  record = simulate(label, seed)
+  page, geometry = render(record, seed, style=style, return_geometry=True)
   panel = Image.fromarray(page).crop(geometry.panel_box)
   if panel.size != (width, height):
     panel = panel.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
-  return encode_jpeg(np.asarray(panel), quality)
+  return encode_jpeg(np.asarray(panel), quality), record, geometry
 
 
 def page_seed(base_seed: int | str, label: int | str, index: int) -> int:

@@ -37,7 +37,8 @@ def _define_flags() -> None:
   flags.DEFINE_multi_string("images", [], "Page image files; more may follow as plain arguments "
                             "(so a shell glob works: --images pages/*.jpg).")
   flags.DEFINE_string("out", None, "Output directory for the PNGs and the JSON.")
-  flags.DEFINE_enum("method", "smoothgrad", METHODS, "Attribution method.")
+  flags.DEFINE_enum("method", "grad_cam", METHODS, "Attribution method (Grad-CAM, as "
+                    "config.saliency.method's default).")
   flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   flags.DEFINE_bool("crop_panel", True, "Crop each page to its grid panel first, as the data sets "
                     "do; --nocrop_panel for images already cropped.")
@@ -45,6 +46,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_samples", 50, "SmoothGrad: noisy copies per page.")
   flags.DEFINE_float("noise_scale", 0.15, "SmoothGrad: noise std / the page's value span.")
   flags.DEFINE_integer("steps", 64, "Integrated Gradients: path intervals.")
+  flags.DEFINE_integer("contrast_steps", 32, "Each lead's contribution to the predicted class over "
+                       "the runner-up, by Integrated Gradients with this many steps; 0: off.")
   flags.DEFINE_string("layer", None, "Grad-CAM: module path (default: the last convolution).")
   flags.DEFINE_integer("chunk_size", 16, "Forward-backward passes per step (memory bound).")
   flags.mark_flags_as_required(["workdir", "out"])
@@ -63,7 +66,8 @@ def main(argv: Sequence[str]) -> None:
     label = ecg_images.class_of_path(os.path.abspath(path))  # The release's folder names.
     try:
       pages.append(page_from_file(path, loaded.config.data, FLAGS.crop_panel,
-                                  None if label is None else class_index(label)))
+                                  None if label is None else class_index(label),
+                                  dataset_config=loaded.config.dataset))
     except (OSError, ValueError) as e:
       failed.append(path)
       print(f"error: {e}", file=sys.stderr)
@@ -75,7 +79,8 @@ def main(argv: Sequence[str]) -> None:
              "integrated_gradients": {"steps": FLAGS.steps, "chunk_size": FLAGS.chunk_size},
              }[FLAGS.method]
   out = explain_pages(loaded.logit_fn, pages, FLAGS.out, method=FLAGS.method,
-                      value_range=loaded.config.data.value_range, seed=FLAGS.seed, **options)
+                      value_range=loaded.config.data.value_range, seed=FLAGS.seed,
+                      contrast_steps=FLAGS.contrast_steps, **options)
   print(f"Wrote {out['json']} and {2 * len(out['pages'])} PNGs under {FLAGS.out} "
         f"({FLAGS.method}, checkpoint step {loaded.step}).")
   if failed:

@@ -12,6 +12,8 @@ nothing of checkpoints:
 - `grad_cam`: Grad-CAM (Selvaraju et al. 2017) on a named layer, found inside `logit_fn` with Flax's
   method interception (`layers`, `last_conv_layer`), so the model needs no hook of its own.
 - `attribute`: one of `METHODS` chosen by name.
+- `Contrast`: the pairwise logit differences of a model, so any method explains why the model
+  prefers one class over another (`contrast_targets`), e.g. the predicted class over the runner-up.
 
 All noise samples and path points of all pages run as batched forward-backward passes, in chunks of
 `chunk_size` (which bounds the memory), one jitted call per chunk: never a Python loop per sample.
@@ -297,6 +299,27 @@ def grad_cam(logit_fn: LogitFn, images: jax.Array, targets: jax.Array | None = N
   cam = jax.nn.relu(jnp.sum(weights * activation.astype(jnp.float32), axis=-1))
   cam = jax.image.resize(cam, images.shape[:3], method="linear")
   return cam[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+  """`logit_fn`'s pairwise logit differences: column i * C + j of its output is logit_i - logit_j.
+
+  Explaining target `contrast_targets(i, j, C)` explains the margin of class i over class j. With
+  Integrated Gradients the attributions then add up to that margin's change from the baseline, so
+  a lead's signed sum is its contribution, in logits, to choosing i rather than j. Hashable (by
+  `logit_fn`), so it is a static argument of the jitted methods like any logit function.
+  """
+  logit_fn: LogitFn
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    logits = self.logit_fn(images)
+    return (logits[:, :, None] - logits[:, None, :]).reshape(logits.shape[0], -1)
+
+
+def contrast_targets(first: jax.Array, second: jax.Array, num_classes: int) -> jax.Array:
+  """The `Contrast` column of logit[first] - logit[second], per example."""
+  return jnp.asarray(first, jnp.int32) * num_classes + jnp.asarray(second, jnp.int32)
 
 
 def attribute(method: str, logit_fn: LogitFn, images: jax.Array,

@@ -24,9 +24,10 @@ from ecgjax import report
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import layout as layout_lib
 from ecgjax.data import pipeline
-from ecgjax.saliency.attribution import LogitFn, attribute, completeness
+from ecgjax.saliency.attribution import (
+    Contrast, LogitFn, attribute, completeness, contrast_targets, integrated_gradients)
 from ecgjax.saliency.figures import plot_leads, plot_overlay
-from ecgjax.saliency.leads import heat_map, per_lead
+from ecgjax.saliency.leads import heat_map, ink, per_lead
 from ecgjax.saliency.pages import Page, page_from_example
 
 
@@ -37,14 +38,19 @@ def _safe_name(name: str) -> str:
 def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, method: str,
                   value_range: Sequence[float] = (-1.0, 1.0), seed: int = 0,
                   lead_boxes: Mapping[str, tuple[float, float, float, float]] | None = None,
-                  pages_per_call: int = 4, **options) -> dict[str, Any]:
+                  pages_per_call: int = 4, contrast_steps: int = 0, **options) -> dict[str, Any]:
   """Attributions for `pages`, written as overlay and bar-chart PNGs and one JSON.
 
   Pages go to the attribution method `pages_per_call` at a time (all with the same shape, so one
   compilation); page i's noise is keyed by (seed, i // pages_per_call, i % pages_per_call).
 
   The predicted class is explained. Integrated Gradients starts from a blank page (every pixel at
-  the top of `value_range`: paper without ink), and the JSON records its completeness.
+  the top of `value_range`: paper without ink), and the JSON records its completeness. Each lead's
+  attribution is also given per unit of its own ink, relative to the median lead
+  (`per_lead(..., page_ink=...)`). With `contrast_steps > 0`, Integrated Gradients (that many
+  steps, from the blank page) of the margin logit[predicted] - logit[runner-up] gives each lead's
+  signed contribution, in logits, to choosing the predicted class over the runner-up; they add up
+  to the margin minus the blank page's margin.
 
   Returns:
     {"json": path, "pages": [{"overlay": path, "leads": path}, ...]}.
@@ -55,7 +61,7 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
   os.makedirs(out_dir, exist_ok=True)
   baseline = float(value_range[1])
   key = jax.random.key(seed)
-  probs, attributions, gaps = [], [], []
+  probs, attributions, gaps, contrasts, contrast_gaps = [], [], [], [], []
   for start in range(0, len(pages), pages_per_call):
     group = [p.image for p in pages[start:start + pages_per_call]]
     group += [group[-1]] * (pages_per_call - len(group))  # Same shape every call: one compile.
@@ -69,23 +75,42 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
       gaps.append(np.stack(completeness(logit_fn, images, attr, targets, baseline), axis=-1))
     probs.append(report.softmax(np.asarray(logits, np.float64), axis=-1))
     attributions.append(np.asarray(attr))
+    if contrast_steps > 0:
+      pair = contrast_targets(targets, np.argsort(logits, axis=-1)[:, -2], logits.shape[-1])
+      contrast = Contrast(logit_fn)
+      attr = integrated_gradients(contrast, images, pair, baseline=baseline, steps=contrast_steps,
+                                  chunk_size=int(options.get("chunk_size", 16)))
+      contrasts.append(np.asarray(attr))
+      contrast_gaps.append(np.stack(completeness(contrast, images, attr, pair, baseline), axis=-1))
   num = len(pages)
   probs = np.concatenate(probs)[:num]
   predicted = probs.argmax(-1)
   attributions = np.concatenate(attributions)[:num]
   gaps = np.concatenate(gaps)[:num] if gaps else None
+  contrasts = np.concatenate(contrasts)[:num] if contrasts else None
+  contrast_gaps = np.concatenate(contrast_gaps)[:num] if contrast_gaps else None
 
   records, written = [], []
   for i, page in enumerate(pages):
-    leads = per_lead(attributions[i], page.box, lead_boxes)
+    leads = per_lead(attributions[i], page.box, lead_boxes, page_ink=ink(page.image))
     pred = CLASS_NAMES[predicted[i]]
+    contrast = None
+    if contrasts is not None:
+      second = int(np.argsort(probs[i])[-2])
+      contributions = per_lead(contrasts[i], page.box, lead_boxes)["signed"]
+      contrast = {"versus": CLASS_NAMES[second],
+                  "margin": float(np.log(probs[i, predicted[i]]) - np.log(probs[i, second])),
+                  "margin_over_blank_page": float(contrast_gaps[i, 1]),
+                  "attribution_sum": float(contrast_gaps[i, 0]), "steps": int(contrast_steps),
+                  "lead_contribution": contributions,
+                  "other_contribution": float(contrast_gaps[i, 0]) - sum(contributions.values())}
     true = CLASS_NAMES[page.label] if page.label is not None else "unknown"
     title = (f"{page.name} ({method})\npredicted {pred} (p={probs[i, predicted[i]]:.2f}), "
              f"true {true}" + (f" (p={probs[i, page.label]:.2f})" if page.label is not None else ""))
     stem = os.path.join(out_dir, f"{i:02d}_{_safe_name(page.name)[:40]}_{method}")
     overlay, bars = stem + "_overlay.png", stem + "_leads.png"
     plot_overlay(page, heat_map(attributions[i]), title, overlay, lead_boxes)
-    plot_leads(leads, title, bars)
+    plot_leads(leads, title, bars, contrast)
     record = {
         "page": page.name, "source": page.source, "method": method,
         "true_class": None if page.label is None else CLASS_NAMES[page.label],
@@ -93,9 +118,12 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
         "probabilities": dict(zip(CLASS_NAMES, map(float, probs[i]))),
         "explained_class": pred, "content_box": list(page.box), "lead_share": leads["share"],
         "other_share": leads["other"], "lead_density": leads["density"],
-        "lead_signed_sum": leads["signed"],
-        "top_leads": leads["ranking"][:3], "overlay": overlay, "lead_chart": bars,
+        "lead_signed_sum": leads["signed"], "lead_ink_relative": leads["ink_relative"],
+        "top_leads": leads["ranking"][:3], "top_leads_per_ink": leads["ink_ranking"][:3],
+        "overlay": overlay, "lead_chart": bars,
     }
+    if contrast is not None:
+      record["contrast"] = contrast
     if gaps is not None:
       record["completeness"] = {"attribution_sum": float(gaps[i, 0]),
                                 "logit_difference": float(gaps[i, 1]), "baseline": baseline}
@@ -103,7 +131,8 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
     written.append({"overlay": overlay, "leads": bars})
   json_path = os.path.join(out_dir, f"saliency_{method}.json")
   with open(json_path, "w") as f:
-    json.dump({"method": method, "options": options, "seed": seed, "pages": records}, f, indent=2)
+    json.dump({"method": method, "options": options, "contrast_steps": int(contrast_steps),
+               "seed": seed, "pages": records}, f, indent=2)
   return {"json": json_path, "pages": written}
 
 
@@ -133,4 +162,5 @@ def write_test_maps(workdir: str, source: pipeline.Source,
                                       "chunk_size": int(config.saliency.chunk_size)}}
   return explain_pages(loaded.logit_fn, pages, os.path.join(workdir, "saliency"), method=method,
                        value_range=config.data.value_range, seed=int(config.seed),
+                       contrast_steps=int(config.saliency.get("contrast_steps", 0)),
                        **options.get(method, {}))

@@ -1,4 +1,4 @@
-"""Figures of one explained page: the heat map over the page, and a bar chart of lead densities.
+"""Figures of one explained page: the heat map over the page, and bar charts of the per-lead numbers.
 
 matplotlib and scipy are imported when a figure is drawn, not when this module is.
 
@@ -49,24 +49,39 @@ def plot_overlay(page: Page, heat: np.ndarray, title: str, path: str,
   plt.close(fig)
 
 
-def plot_leads(leads: Mapping[str, Any], title: str, path: str) -> None:
-  """A bar chart of each lead's attribution density (1 = the image's average), in report order."""
+def plot_leads(leads: Mapping[str, Any], title: str, path: str,
+               contrast: Mapping[str, Any] | None = None) -> None:
+  """Bar charts per lead, in report order: attribution density (1 = the image's average), then,
+  where `leads` has it, attribution per unit of the lead's own ink (1 = the median lead), then,
+  given `contrast` (`explain_pages`' record), each lead's signed contribution in logits to the
+  predicted class against the runner-up."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   names = [*layout_lib.LEADS, layout_lib.RHYTHM]
   names += [n for n in leads["density"] if n not in names]
-  values = [leads["density"].get(n, 0.0) for n in names]
-  top = set(leads["ranking"][:3])
-  fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
-  ax.bar(range(len(values)), values,
-         color=["tab:red" if n in top else "tab:blue" for n in names])
-  ax.axhline(1.0, color="gray", ls="--", lw=0.8)
-  ax.set_xticks(range(len(values)), names, rotation=45)
-  ax.set_ylabel("attribution density\n(1 = page average)")
-  ax.set_title(f"{title}\nleads that drove the prediction: {', '.join(leads['ranking'][:3])}",
-               fontsize=9)
+  panels = [("density", leads["density"], leads["ranking"][:3],
+             "attribution density\n(1 = page average)", 1.0)]
+  if "ink_relative" in leads:
+    panels.append(("per ink", leads["ink_relative"], leads["ink_ranking"][:3],
+                   "attribution per unit ink\n(1 = median lead)", 1.0))
+  if contrast is not None:
+    values = contrast["lead_contribution"]
+    top = sorted(values, key=values.get, reverse=True)[:3]
+    panels.append(("contrast", values, top, f"logits toward the prediction\nover "
+                   f"{contrast['versus']}", 0.0))
+  fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.0 + 2.8 * len(panels)), dpi=100,
+                           squeeze=False)
+  for ax, (_, values, top, label, reference) in zip(axes[:, 0], panels):
+    heights = [values.get(n, 0.0) for n in names]
+    ax.bar(range(len(heights)), heights, color=["tab:red" if n in top else "tab:blue" for n in names])
+    ax.axhline(reference, color="gray", ls="--", lw=0.8)
+    ax.set_xticks(range(len(heights)), names, rotation=45)
+    ax.set_ylabel(label, fontsize=8)
+  axes[0, 0].set_title(f"{title}\nleads that drove the prediction: {', '.join(leads['ranking'][:3])}"
+                       + (f"; per ink: {', '.join(leads['ink_ranking'][:3])}"
+                          if "ink_ranking" in leads else ""), fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -2,7 +2,8 @@
 
 `content_box` is where a decoded panel lands after the pipeline's resize; `lead_pixel_boxes` turns
 the page layout's fractional lead boxes (`ecgjax.data.layout.lead_boxes`) into pixel slices of it;
-`per_lead` sums one attribution map per lead box (share, density, signed sum, ranking).
+`per_lead` sums one attribution map per lead box (share, density, signed sum, ranking) and, given
+the page's `ink`, relates each lead's attribution to its own amount of trace.
 
 Plain numpy, one map at a time. Not here: computing attributions (`attribution`), drawing them
 (`figures`), or the layout itself (`ecgjax.data.layout`).
@@ -10,7 +11,7 @@ Plain numpy, one map at a time. Not here: computing attributions (`attribution`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,14 @@ from ecgjax.data import transforms
 def heat_map(attributions: np.ndarray) -> np.ndarray:
   """(..., H, W, C) attributions -> (..., H, W) non-negative mass: |a| summed over channels."""
   return np.abs(np.asarray(attributions, np.float64)).sum(axis=-1)
+
+
+def ink(image: np.ndarray, value_range: Sequence[float] = (-1.0, 1.0)) -> np.ndarray:
+  """(..., H, W) darkness of (..., H, W, C) images: 0 on paper white (the top of `value_range`),
+  1 on black (its bottom), averaged over channels. uint8 images use (0, 255)."""
+  image = np.asarray(image)
+  lo, hi = (0.0, 255.0) if image.dtype == np.uint8 else (float(value_range[0]), float(value_range[1]))
+  return np.clip((hi - image.astype(np.float64)) / (hi - lo), 0.0, 1.0).mean(axis=-1)
 
 
 def content_box(source_hw: tuple[int, int], target_hw: tuple[int, int],
@@ -52,9 +61,15 @@ def lead_sums(values: np.ndarray, box: tuple[int, int, int, int],
 
 
 def per_lead(attributions: np.ndarray, box: tuple[int, int, int, int],
-             lead_boxes: Mapping[str, tuple[float, float, float, float]] | None = None
-             ) -> dict[str, Any]:
+             lead_boxes: Mapping[str, tuple[float, float, float, float]] | None = None,
+             page_ink: np.ndarray | None = None) -> dict[str, Any]:
   """Which leads drove one prediction: attribution per lead box of one (H, W, C) map.
+
+  Args:
+    attributions: (H, W, C) map of one page.
+    box: where the panel lies in the map (`content_box`).
+    lead_boxes: fractional lead boxes of the panel; default `layout.lead_boxes()`.
+    page_ink: optional (H, W) ink of the page (`ink`), for `ink_relative`.
 
   Returns:
     `share`: each lead's fraction of the image's absolute attribution mass (with `other`, the rest:
@@ -62,14 +77,26 @@ def per_lead(attributions: np.ndarray, box: tuple[int, int, int, int],
     the box's fraction of the image area, so 1 is the image's average and the rhythm strip (four
     times a lead's area) is not favoured for its size. `signed`: each lead's sum of signed
     attributions (for Integrated Gradients, its part of logit(x) - logit(baseline)). `ranking`:
-    the leads by density, largest first.
+    the leads by density, largest first. With `page_ink`: `ink_relative`, each lead's attribution
+    per unit of its own ink divided by the median of the twelve leads' (1 = a typical lead: a lead
+    with tall complexes or thick trace does not stand out for its ink alone, because gradients
+    follow the trace everywhere), and `ink_ranking`, the leads by it.
   """
   lead_boxes = layout_lib.lead_boxes() if lead_boxes is None else lead_boxes
   mass = heat_map(attributions)
   total = float(mass.sum())
-  share = {k: (v / total if total > 0 else 0.0) for k, v in lead_sums(mass, box, lead_boxes).items()}
+  sums = lead_sums(mass, box, lead_boxes)
+  share = {k: (v / total if total > 0 else 0.0) for k, v in sums.items()}
   area = lead_sums(np.full(mass.shape, 1.0 / mass.size), box, lead_boxes)
   density = {k: (share[k] / area[k] if area[k] > 0 else 0.0) for k in share}
   signed = lead_sums(np.asarray(attributions, np.float64).sum(-1), box, lead_boxes)
-  return {"share": share, "other": max(0.0, 1.0 - sum(share.values())), "density": density,
-          "signed": signed, "ranking": sorted(density, key=density.get, reverse=True)}
+  result = {"share": share, "other": max(0.0, 1.0 - sum(share.values())), "density": density,
+            "signed": signed, "ranking": sorted(density, key=density.get, reverse=True)}
+  if page_ink is not None:
+    ink_sums = lead_sums(np.asarray(page_ink, np.float64), box, lead_boxes)
+    per_ink = {k: (sums[k] / ink_sums[k] if ink_sums[k] > 0 else 0.0) for k in sums}
+    typical = float(np.median([per_ink[k] for k in layout_lib.LEADS if k in per_ink]))
+    relative = {k: (v / typical if typical > 0 else 0.0) for k, v in per_ink.items()}
+    result["ink_relative"] = relative
+    result["ink_ranking"] = sorted(relative, key=relative.get, reverse=True)
+  return result
