@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.saliency = ml_collections.ConfigDict()
   config.saliency.num_pages = 4  # Test pages the main job writes maps for (0: none).
-  # 'gradient', 'smoothgrad', 'integrated_gradients' or 'grad_cam' (last convolution). Grad-CAM
+  # 'gradient', 'smoothgrad', 'integrated_gradients' or 'grad_cam' (last feature maps). Grad-CAM
   # localises the MI territory best, passes the randomisation test and costs one backward pass
   # (docs/results/explain/explain_eval.md; `experiments/explain_eval.py`).
   config.saliency.method = "grad_cam"

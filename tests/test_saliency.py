@@ -177,9 +177,10 @@ def test_smoothgrad_is_deterministic_given_the_key_and_independent_of_chunking(r
 
 def test_grad_cam_layer_choice_and_errors(random_cnn):
   logit_fn, images = random_cnn
-  assert saliency.last_conv_layer(logit_fn, images) == "stage1_conv0"
+  # The feature maps the head pools: after the last convolution's BatchNorm.
+  assert saliency.last_feature_layer(logit_fn, images) == "stage1_bn0"
   np.testing.assert_array_equal(saliency.grad_cam(logit_fn, images),
-                                saliency.grad_cam(logit_fn, images, layer="stage1_conv0"))
+                                saliency.grad_cam(logit_fn, images, layer="stage1_bn0"))
   assert not np.allclose(saliency.grad_cam(logit_fn, images),
                          saliency.grad_cam(logit_fn, images, layer="stage0_bn0"))
   with pytest.raises(ValueError, match="stage0_conv0"):  # The message lists the usable layers.

@@ -23,7 +23,7 @@ works as before the split. Not here: training, the model zoo, or evaluation metr
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.saliency.attribution import (
     METHODS, Contrast, Layer, LogitFn, attribute, completeness, contrast_targets, grad_cam,
-    integrated_gradients, last_conv_layer, layers, smoothgrad, vanilla_gradient)
+    integrated_gradients, last_feature_layer, layers, smoothgrad, vanilla_gradient)
 from ecgjax.saliency.explain import explain_pages, write_test_maps
 from ecgjax.saliency.figures import plot_leads, plot_overlay
 from ecgjax.saliency.leads import content_box, heat_map, ink, lead_pixel_boxes, lead_sums, per_lead
@@ -32,7 +32,7 @@ from ecgjax.saliency.pages import Page, page_from_example, page_from_file, prepa
 __all__ = [
     "CLASS_NAMES", "METHODS", "Contrast", "Layer", "LogitFn", "Page", "attribute", "completeness",
     "content_box", "contrast_targets", "explain_pages", "grad_cam", "heat_map", "ink",
-    "integrated_gradients", "last_conv_layer", "layers", "lead_pixel_boxes", "lead_sums",
+    "integrated_gradients", "last_feature_layer", "layers", "lead_pixel_boxes", "lead_sums",
     "page_from_example", "page_from_file", "per_lead", "plot_leads", "plot_overlay", "prepare_page",
     "smoothgrad", "vanilla_gradient", "write_test_maps",
 ]

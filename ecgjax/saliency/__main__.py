@@ -48,7 +48,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("steps", 64, "Integrated Gradients: path intervals.")
   flags.DEFINE_integer("contrast_steps", 32, "Each lead's contribution to the predicted class over "
                        "the runner-up, by Integrated Gradients with this many steps; 0: off.")
-  flags.DEFINE_string("layer", None, "Grad-CAM: module path (default: the last convolution).")
+  flags.DEFINE_string("layer", None, "Grad-CAM: module path (default: the last feature maps, "
+                     "after the last convolution's BatchNorm).")
   flags.DEFINE_integer("chunk_size", 16, "Forward-backward passes per step (memory bound).")
   flags.mark_flags_as_required(["workdir", "out"])
 
