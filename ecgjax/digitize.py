@@ -590,9 +590,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("Name at least one page image.")
   f = flags.FLAGS
   os.makedirs(f.out, exist_ok=True)
+  failed = []
   for path in argv[1:]:
-    rgb, _ = _load(path)
-    d = digitize(rgb)
+    try:  # A bad file is named on one line and skipped; the other pages are still read.
+      rgb, _ = _load(path)
+      d = digitize(rgb)
+    except (OSError, ValueError) as e:
+      failed.append(path)
+      print(f"error: {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}",
+            file=sys.stderr)
+      continue
     d = dataclasses.replace(d, source=path)
     stem = os.path.join(f.out, os.path.splitext(os.path.basename(path))[0])
     write_csv(d, stem + ".csv")
@@ -601,6 +608,8 @@ def main(argv: Sequence[str]) -> None:
     limb, aug = einthoven_residuals(d)
     print(f"{path}: quality {d.quality.min():.2f}-{d.quality.max():.2f}, Einthoven {limb:.3f} "
           f"{aug:.3f} -> {stem}.csv", file=sys.stderr)
+  if failed:
+    sys.exit(f"{len(failed)} of {len(argv) - 1} pages could not be read: {', '.join(failed)}.")
 
 
 def run() -> None:

@@ -191,6 +191,22 @@ def test_command_line_writes_csv_and_plot(tmp_path):
   assert (tmp_path / "out" / "page.png").stat().st_size > 10_000
 
 
+def test_command_line_names_bad_files_and_reads_the_rest(tmp_path):
+  _, page, _, _ = _synthetic(*SYNTH_PAGES[2])
+  Image.fromarray(page).save(tmp_path / "page.png")
+  (tmp_path / "bad.jpg").write_bytes(b"not an image")
+  command = [sys.executable, "-m", "ecgjax.digitize", str(tmp_path / "missing.jpg"),
+             str(tmp_path / "bad.jpg"), str(tmp_path / "page.png"), "--out",
+             str(tmp_path / "out"), "--noplot"]
+  result = subprocess.run(command, cwd=pathlib.Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+  assert result.returncode == 1
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 2 and "missing.jpg" in errors[0] and "bad.jpg" in errors[1]
+  assert "Traceback" not in result.stderr
+  assert (tmp_path / "out" / "page.csv").exists()
+
+
 def test_rejects_bad_input(tmp_path):
   with pytest.raises(FileNotFoundError):
     digitize.digitize(tmp_path / "missing.jpg")
