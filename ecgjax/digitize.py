@@ -597,8 +597,9 @@ def main(argv: Sequence[str]) -> None:
       d = digitize(rgb)
     except (OSError, ValueError) as e:
       failed.append(path)
-      print(f"error: {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}",
-            file=sys.stderr)
+      # ValueErrors name the file already; an OSError's strerror does not.
+      message = f"{path}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+      print(f"error: {message}", file=sys.stderr)
       continue
     d = dataclasses.replace(d, source=path)
     stem = os.path.join(f.out, os.path.splitext(os.path.basename(path))[0])
