@@ -346,7 +346,13 @@ def main(argv: Sequence[str]) -> None:
   unknown = set(FLAGS.methods) - set(attribution.METHODS)
   if unknown:
     sys.exit(f"--methods: unknown {sorted(unknown)}; available: {attribution.METHODS}.")
-  loaded = checkpoints.load_model(FLAGS.workdir, FLAGS.checkpoint)
+  try:  # A workdir that is no run, or no run on synthetic pages: one line, no traceback.
+    loaded = checkpoints.load_model(FLAGS.workdir, FLAGS.checkpoint)
+    synthetic_pages(loaded.config, 0)
+    real = (checkpoints.load_model(FLAGS.real_workdir, FLAGS.checkpoint)
+            if FLAGS.real_workdir and FLAGS.real_pages else None)
+  except (OSError, ValueError, checkpoints.CheckpointError) as e:
+    sys.exit(f"error: {e}")
   os.makedirs(FLAGS.out, exist_ok=True)
   start = time.perf_counter()
   result = evaluate(loaded, FLAGS.methods, per_class=FLAGS.pages_per_class,
@@ -371,9 +377,8 @@ def main(argv: Sequence[str]) -> None:
                         method=default_method, value_range=loaded.config.data.value_range,
                         seed=FLAGS.seed, contrast_steps=contrast_steps,
                         **_explain_options(default_method))
-  if FLAGS.real_workdir and FLAGS.real_pages:
+  if real is not None:
     from ecgjax.data import ecg_images  # pylint: disable=g-import-not-at-top
-    real = checkpoints.load_model(FLAGS.real_workdir, FLAGS.checkpoint)
     pages = []
     for path in FLAGS.real_pages:
       label = ecg_images.class_of_path(os.path.abspath(path))
