@@ -37,10 +37,10 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from ecgjax.data.layout import LEAD_GRID, LEADS, REAL_LAYOUT, PageLayout
+from ecgjax.data.panel import read_rgb
 
 FS = 500  # Output sampling rate (Hz).
 # A pixel is ink when its grey level (mean of R, G, B) is below this: the trace core is near black
@@ -131,14 +131,7 @@ def _load(page: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, str]:
       raise ValueError(f"Expected an RGB uint8 page (H, W, 3), got {page.dtype} {page.shape}.")
     return page, "<array>"
   path = os.fspath(page)
-  try:
-    with Image.open(path) as pil:
-      rgb = np.asarray(pil.convert("RGB"))
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # PIL raises many types for bad data.
-    raise ValueError(f"{path}: not a readable image ({e}).") from e
-  return rgb, path
+  return read_rgb(path), path
 
 
 def _ink(rgb: np.ndarray, top: int, bottom: int, min_area: int) -> np.ndarray:

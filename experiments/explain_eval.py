@@ -90,14 +90,20 @@ class SynthPage:
   rhythm_lead: str
 
 
-def synthetic_pages(config, per_class: int) -> list[SynthPage]:
-  """Fresh `mi` and `history_of_mi` pages of the run's `ecg_synth` config, with their territory."""
+def synth_builder_config(config):
+  """The `ecg_synth` builder config a run was trained on; ValueError for any other data set."""
   from ecgjax.data import ecg_synth  # pylint: disable=g-import-not-at-top
-  if config.dataset.name != "ecg_synth":
+  configs = {c.name: c for c in ecg_synth.EcgSynth.BUILDER_CONFIGS}
+  if config.dataset.name != "ecg_synth" or config.dataset.config not in configs:
     raise ValueError(f"--workdir: its run was trained on {config.dataset.name!r}; territory "
                      "localisation needs a run trained on synthetic pages (ecg_synth), whose MI "
                      "territory is known.")
-  builder_config = {c.name: c for c in ecg_synth.EcgSynth.BUILDER_CONFIGS}[config.dataset.config]
+  return configs[config.dataset.config]
+
+
+def synthetic_pages(config, per_class: int) -> list[SynthPage]:
+  """Fresh `mi` and `history_of_mi` pages of the run's `ecg_synth` config, with their territory."""
+  builder_config = synth_builder_config(config)
   out = []
   for label in ("mi", "history_of_mi"):
     for i in range(per_class):
@@ -348,7 +354,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"--methods: unknown {sorted(unknown)}; available: {attribution.METHODS}.")
   try:  # A workdir that is no run, or no run on synthetic pages: one line, no traceback.
     loaded = checkpoints.load_model(FLAGS.workdir, FLAGS.checkpoint)
-    synthetic_pages(loaded.config, 0)
+    synth_builder_config(loaded.config)
     real = (checkpoints.load_model(FLAGS.real_workdir, FLAGS.checkpoint)
             if FLAGS.real_workdir and FLAGS.real_pages else None)
   except (OSError, ValueError, checkpoints.CheckpointError) as e:

@@ -16,8 +16,6 @@ import pytest
 from PIL import Image
 
 from configs import default
-from ecgjax import checkpoints
-from ecgjax import models
 from ecgjax import saliency
 from ecgjax.data import layout
 from ecgjax.data import pipeline
@@ -252,23 +250,6 @@ def test_page_from_example_is_the_pipelines_preprocessing():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A run directory as training leaves it: the smoke config and one checkpoint (untrained)."""
-  path = str(tmp_path_factory.mktemp("run"))
-  config = default.get_config("smoke")
-  checkpoints.write_config(config, path)
-  model = models.create_model(config.model)
-  channels = 1 if config.data.grayscale else 3
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))
-  state = {"params": variables["params"], "ema_params": variables["params"],
-           "eval_batch_stats": variables["batch_stats"]}
-  manager = checkpoints.make_manager(path)
-  checkpoints.save(manager, 1, state, None)
-  manager.close()
-  return path
-
-
 def _check_outputs(json_path, method, num_pages):
   with open(json_path) as f:
     written = json.load(f)
@@ -284,7 +265,7 @@ def _check_outputs(json_path, method, num_pages):
   return written
 
 
-def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
+def test_command_writes_overlays_charts_and_json(smoke_run_dir, tmp_path):
   out = str(tmp_path / "maps")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   # The second page is the first one's crop, given with --images and as a plain argument.
@@ -292,7 +273,7 @@ def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
   with Image.open(MI_PAGE) as page:
     page.crop((71, 287, 2173, 1511)).save(panel)
   result = subprocess.run(
-      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={out}",
+      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={smoke_run_dir}", f"--out={out}",
        "--method=integrated_gradients", "--steps=8", "--contrast_steps=8", f"--images={MI_PAGE}",
        panel],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -315,13 +296,13 @@ def test_command_writes_overlays_charts_and_json(workdir, tmp_path):
   assert abs(first["probabilities"]["mi"] - second["probabilities"]["mi"]) < 0.05
 
 
-def test_command_names_and_skips_bad_files_and_explains_the_good_pages(workdir, tmp_path):
+def test_command_names_and_skips_bad_files_and_explains_the_good_pages(smoke_run_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   not_an_image = tmp_path / "notes.jpg"
   not_an_image.write_text("this is not a JPEG")
   out = str(tmp_path / "maps")
   result = subprocess.run(
-      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={workdir}", f"--out={out}",
+      [sys.executable, "-m", "ecgjax.saliency", f"--workdir={smoke_run_dir}", f"--out={out}",
        "--method=gradient", "--images=no_such_page.jpg", f"--images={not_an_image}",
        "--contrast_steps=0", f"--images={MI_PAGE}"], env=env, cwd=REPO, capture_output=True,
       text=True, timeout=300)
@@ -331,14 +312,14 @@ def test_command_names_and_skips_bad_files_and_explains_the_good_pages(workdir, 
   assert "contrast" not in page  # --contrast_steps=0.
 
 
-def test_write_test_maps_explains_test_pages(workdir, tfds_data_dir):
+def test_write_test_maps_explains_test_pages(smoke_run_dir, tfds_data_dir):
   config = default.get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   config.saliency.method = "grad_cam"
   builder = pipeline.dataset_builder(config.dataset)
   source = pipeline.Source(builder, pipeline.fold_splits(config.data).test)
-  written = saliency.write_test_maps(workdir, source, config)
-  assert written["json"].startswith(os.path.join(workdir, "saliency"))
+  written = saliency.write_test_maps(smoke_run_dir, source, config)
+  assert written["json"].startswith(os.path.join(smoke_run_dir, "saliency"))
   pages = _check_outputs(written["json"], "grad_cam", config.saliency.num_pages)["pages"]
   labels = [int(source[i]["label"]) for i in range(config.saliency.num_pages)]
   assert [p["true_class"] for p in pages] == [saliency.CLASS_NAMES[l] for l in labels]

@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
 from ecgjax import checkpoints
-from ecgjax import models
 from ecgjax import saliency
 from ecgjax.data import layout
 from ecgjax.data import synth
@@ -191,25 +189,8 @@ def test_lead_segments_cover_the_lead_boxes():
   assert (segments == -1).any()  # Calibration pulses and margins belong to no lead.
 
 
-@pytest.fixture(scope="module")
-def synth_run(tmp_path_factory):
-  """The smoke config's untrained CNN as a run directory (its pages: ecg_synth/tiny's size)."""
-  path = str(tmp_path_factory.mktemp("run"))
-  config = default.get_config("smoke")
-  checkpoints.write_config(config, path)
-  model = models.create_model(config.model)
-  channels = 1 if config.data.grayscale else 3
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))
-  state = {"params": variables["params"], "ema_params": variables["params"],
-           "eval_batch_stats": variables["batch_stats"]}
-  manager = checkpoints.make_manager(path)
-  checkpoints.save(manager, 1, state, None)
-  manager.close()
-  return path
-
-
-def test_explain_eval_runs_every_evaluation_on_fresh_synthetic_pages(synth_run):
-  loaded = checkpoints.load_model(synth_run)
+def test_explain_eval_runs_every_evaluation_on_fresh_synthetic_pages(smoke_run_dir):
+  loaded = checkpoints.load_model(smoke_run_dir)
   options = lambda method, value_range: {"smoothgrad": {"num_samples": 4, "chunk_size": 4},
                                          "integrated_gradients": {"steps": 4, "chunk_size": 4,
                                                                   "baseline": 1.0}}.get(method, {})

@@ -59,11 +59,8 @@ class EcgSignalsSim(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    examples = build_examples(self.builder_config)
-    folds = features_lib.assign_folds([e["label"] for e in examples],
-                                      [e["image_id"] for e in examples])
-    return {split: self._generate_examples([e for e, f in zip(examples, folds) if f == i])
-            for i, split in enumerate(features_lib.SPLITS)}
+    splits = features_lib.split_by_fold(build_examples(self.builder_config))
+    return {split: self._generate_examples(examples) for split, examples in splits.items()}
 
   def _generate_examples(self, examples):
     for example in examples:

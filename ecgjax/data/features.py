@@ -60,3 +60,9 @@ def assign_folds(labels: Sequence[int], keys: Sequence[str], num_folds: int = NU
       folds[i] = (offset + rank) % num_folds
     offset = (offset + len(members)) % num_folds
   return folds
+
+
+def split_by_fold(examples: Sequence[dict]) -> dict[str, list[dict]]:
+  """Examples (each with "label" and "image_id") grouped into `SPLITS` by `assign_folds`."""
+  folds = assign_folds([e["label"] for e in examples], [e["image_id"] for e in examples])
+  return {split: [e for e, f in zip(examples, folds) if f == i] for i, split in enumerate(SPLITS)}

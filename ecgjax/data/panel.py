@@ -72,6 +72,19 @@ def _otsu_class_means(values: np.ndarray) -> tuple[float, float]:
   return float(mean0[split]), float(mean1[split])
 
 
+def read_rgb(path) -> np.ndarray:
+  """An image file as uint8 RGB (H, W, 3): JPEG or PNG, gray or RGBA too. A missing file raises
+  FileNotFoundError; a file that is not an image, ValueError naming it."""
+  path = str(path)
+  try:
+    with Image.open(path) as pil:
+      return np.asarray(pil.convert("RGB"))
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # PIL raises many types for bad data.
+    raise ValueError(f"{path}: not a readable image ({e}).") from e
+
+
 def border_colour(image: np.ndarray, width: int = 2) -> np.ndarray:
   """The median colour of the outer `width` pixels: the paper, on a scan or a cropped photograph."""
   ring = np.concatenate([

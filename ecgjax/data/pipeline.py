@@ -348,20 +348,14 @@ def read_page(path: str | os.PathLike, crop: bool = True) -> tuple[np.ndarray, s
   what was done. A file that is not an image, or is too small to be a page, raises ValueError
   naming it.
   """
+  from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  try:
-    with Image.open(path) as pil:
-      rgb = np.asarray(pil.convert("RGB"))
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # PIL raises many types for bad data.
-    raise ValueError(f"{path}: not a readable image ({e}).") from e
+  rgb = panel.read_rgb(path)
   if min(rgb.shape[:2]) < MIN_PAGE_SIDE:
     raise ValueError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px is too small for an ECG page "
                      f"(at least {MIN_PAGE_SIDE} px a side).")
   if not crop:
     return rgb, "whole image (no crop asked)"
-  from ecgjax.data import panel  # pylint: disable=g-import-not-at-top
   try:
     box = panel.find_panel(rgb, source=path)
   except ValueError as e:
