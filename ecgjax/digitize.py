@@ -6,16 +6,22 @@
 lead is shown, plus the 10 s rhythm strip and a per-lead quality (the fraction of the lead's pixel
 columns where a trace was found).
 
-How: the layout, scaled by the page width (the grid period is not measured; a page cropped or
-padded unevenly is outside what the layout's scaling assumes), says roughly where everything is;
-the pixels refine it. Each row's calibration pulse gives that row's 0 mV line (the pulse's foot) and
-the vertical scale (its 1 mV height); the x of the pulses' edges and of the column separators,
-measured at several heights, give the horizontal offset, scale and the page's slight rotation. Ink
-is found by hysteresis (a dark core, grey edges) with grid-dot specks removed; each column's ink
-runs are listed at once (vectorised), and a tracker walks along each lead's 2.5 s, from past its
-label towards both ends, taking in every pixel column the run that touches or lies nearest the
-previous one, so a neighbouring row's tall waves, labels and dots are passed by. The runs give the
-centreline by morphology (`_values`): a pen of known width inks the curve's range over a few
+How: the layout, scaled by the page width, says roughly where everything is; the pixels refine it.
+The grid's period is measured (`PageFit.grid_px_per_mm`: the strongest period near 1 mm of the
+non-ink darkness summed along strips of the panel, in x and in y); where a clear grid's period
+departs more than 3% from the width's scale (a padded or cropped page) the layout is scaled by the
+grid instead, and without a visible grid the width's scale stands. Each row's calibration pulse
+gives that row's 0 mV line (the pulse's foot) and the vertical scale (its 1 mV height); the x of the
+pulses' edges and of the column separators, measured at several heights, give the horizontal offset,
+scale and the page's slight rotation. The traces' own ends (t = 0 and the last sample of each row,
+where both are found) then set the traces' time origin (`PageFit.trace_shift`, at most 0.3 mm from
+the pulses' and separators'): a rasteriser that places a trace differently from the straight lines
+(PIL truncates the renderer's trace coordinates, half a pixel on average) moves the trace's ends
+with it. Ink is found by hysteresis (a dark core, grey edges) with grid-dot specks removed; each
+column's ink runs are listed at once (vectorised), and a tracker walks along each lead's 2.5 s, from
+past its label towards both ends, taking in every pixel column the run that touches or lies nearest
+the previous one, so a neighbouring row's tall waves, labels and dots are passed by. The runs give
+the centreline by morphology (`_values`): a pen of known width inks the curve's range over a few
 columns, which an opening and a closing undo, so a steep QRS's apex is kept. Separator columns are
 skipped and bridged by interpolation; a lead's edges take its nearest read value.
 
@@ -37,6 +43,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import fft as scipy_fft
 from scipy import ndimage
 
 from ecgjax.data.layout import LEAD_GRID, LEADS, REAL_LAYOUT, PageLayout
@@ -53,6 +60,13 @@ _MIN_PAGE_SIDE = 200
 # How many columns either side a pen of half-width h inks, as a fraction of h: less than 1 because
 # a round or mitred pen reaches its full depth only near its centre (measured on synthetic pages).
 _PEN_REACH = 0.75
+# A grid period is used when its spectral peak is this strong (no grid: 2-3; grids seen: 8-45) and
+# its x and y periods agree within 2%; the layout takes it only where it departs from the width's
+# scale by more than `_GRID_TRUSTED`: on the real release the grid's 1 mm is 0.9% larger than the
+# traces' (7.945 vs 7.872 px per mm at 2213 px), so the width, which the layout was measured on, is
+# the better scale for pages of the release's size.
+_GRID_STRENGTH = 5.0
+_GRID_TRUSTED = 0.03
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +80,14 @@ class PageFit:
   rotation: float  # Radians; y of a row's baseline grows by rotation * dx along the row.
   centre: tuple[float, float]  # (cx, cy) of the fit, in layout pixels.
   found: tuple[bool, ...]  # Whether each row's pulse was found (else the layout's was used).
+  # x of the traces (px) relative to the pulses' and separators' fit, from the rows' trace ends.
+  trace_shift: float = 0.0
+  # Measured period of the grid along x and y (NaN: none measured); its strength (peak over the
+  # spectrum's median, < 3 without a grid); and where the layout's scale came from: "width" (the
+  # page width) or "grid" (the grid's period, where it departs more than 3% from the width's).
+  grid_px_per_mm: tuple[float, float] = (float("nan"), float("nan"))
+  grid_strength: float = 0.0
+  scale: str = "width"
 
   def baseline(self, row: int, x: np.ndarray) -> np.ndarray:
     """y of 0 mV of `row` at page columns `x`."""
@@ -134,8 +156,8 @@ def _load(page: np.ndarray | str | os.PathLike) -> tuple[np.ndarray, str]:
   return read_rgb(path), path
 
 
-def _ink(rgb: np.ndarray, top: int, bottom: int, min_area: int) -> np.ndarray:
-  """Bool ink mask of rows [top, bottom) of the page.
+def _ink(rgb: np.ndarray, top: int, bottom: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+  """Bool ink mask of rows [top, bottom) of the page, and those rows' R + G + B (uint16).
 
   Hysteresis: pixels darker than `EDGE_LEVEL` in connected components that hold a pixel darker
   than `INK_LEVEL` and at least `min_area` pixels. The core level keeps the grid's dots out, the
@@ -154,7 +176,64 @@ def _ink(rgb: np.ndarray, top: int, bottom: int, min_area: int) -> np.ndarray:
   # trace, a separator or a label is a component of hundreds.
   keep = (sizes >= min_area) & (cores > 0)
   keep[0] = False
-  return keep[labels]
+  return keep[labels], total
+
+
+def _period(profiles: np.ndarray, guess: float) -> tuple[float, float]:
+  """The period (px) shared by the columns of `profiles` (n, k) within 15% of `guess`, and its
+  peak's strength.
+
+  The frequency in (1/1.15, 1/0.85) / guess with the most power summed over the k Hann-windowed,
+  mean-removed profiles (k strips of the panel, so a slight rotation does not smear the grid), on a
+  grid of a quarter of the main lobe, refined by a parabola through the log power. The band keeps
+  out the 5 mm lines' 4th and 6th harmonics (1.25 and 0.83 mm). Strength: the peak's magnitude over
+  the median in the band (2-4 where there is no grid, tens for a grid).
+  """
+  n = profiles.shape[0]
+  if n < 8 * guess or not np.isfinite(guess) or guess < 2.0:
+    return float("nan"), 0.0
+  x = (profiles - profiles.mean(0)) * np.hanning(n)[:, None]
+  size = scipy_fft.next_fast_len(4 * n)  # Zero-padded: bins a quarter of the main lobe apart.
+  step = 1.0 / size
+  lo, hi = int(np.ceil(1 / (1.15 * guess) / step)), int(np.floor(1 / (0.85 * guess) / step)) + 1
+  freqs = np.arange(lo, hi) * step
+  power = (np.abs(scipy_fft.rfft(x, size, axis=0)[lo:hi])**2).sum(1)
+  i = int(np.argmax(power))
+  if i == 0 or i == len(freqs) - 1:
+    return float("nan"), 0.0
+  a, b, c = np.log(power[i - 1:i + 2] + 1e-12)
+  offset = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0
+  return float(1 / (freqs[i] + offset * step)), float(np.sqrt(power[i] / max(np.median(power),
+                                                                               1e-12)))
+
+
+def _grid(total: np.ndarray, ink: np.ndarray, top: int, layout: PageLayout
+          ) -> tuple[float, float, float]:
+  """The grid's period (px per mm) along x and y, measured in the panel, and the weaker strength.
+
+  The grid is whatever is darker than the panel's paper and not ink (the trace, separators, labels
+  and pulses are ink): its darkness summed down the columns of horizontal strips and along the rows
+  of vertical strips (40 mm each) gives profiles whose strongest period near the layout's 1 mm is
+  the minor grid's (`_period`). NaN where the panel is too small.
+  """
+  mm = layout.px_per_mm
+  l, t, r, b = layout.panel_box
+  ya, yb = max(0, int(t + 2 * mm) - top), min(total.shape[0], int(b - 2 * mm) - top)
+  xa, xb = max(0, int(l + 2 * mm)), min(total.shape[1], int(r - 2 * mm))
+  if yb - ya < 20 * mm or xb - xa < 20 * mm:
+    return float("nan"), float("nan"), 0.0
+  grey = total[ya:yb, xa:xb]
+  paper = float(np.median(grey[::4, ::4]))
+  dark = np.clip(paper - grey.astype(np.float32), 0, None)
+  dark[ink[ya:yb, xa:xb]] = 0
+  h, w = dark.shape
+  strip = int(40 * mm)
+  ky, kx = max(1, h // strip), max(1, w // strip)
+  cols = dark[:ky * (h // ky)].reshape(ky, h // ky, w).sum(1).T  # (w, ky)
+  rows = dark[:, :kx * (w // kx)].reshape(h, kx, w // kx).sum(2)  # (h, kx)
+  px, sx = _period(cols, mm)
+  py, sy = _period(rows, mm)
+  return px, py, min(sx, sy)
 
 
 def _clusters(profile: np.ndarray, level: float) -> list[tuple[float, float]]:
@@ -314,6 +393,21 @@ def _track(first: list[int], last: list[int], offsets: list[int], columns: Seque
   return tops, bottoms
 
 
+def _follow(first, last, offsets, a, b, x, step, stop) -> int:
+  """How many columns from `x` on (by `step`, up to `stop`) hold a run touching the previous one."""
+  n = 0
+  while x != stop and 0 <= x < len(offsets) - 1:
+    for i in range(offsets[x], offsets[x + 1]):
+      if first[i] <= b + 1 and last[i] >= a - 1:
+        a, b = first[i], last[i]
+        break
+    else:
+      break
+    n += 1
+    x += step
+  return n
+
+
 def _monotone(y: np.ndarray, start: int, n: int) -> np.ndarray:
   """Whether y[start:start + n] rises or falls strictly through each point (a slope, no apex)."""
   padded = np.concatenate([[np.nan], y, [np.nan]])
@@ -391,8 +485,24 @@ def digitize(page: np.ndarray | str | os.PathLike, layout: PageLayout | None = N
   _, panel_top, _, panel_bottom = layout.panel_box
   top = max(0, int(panel_top - 3 * mm))
   bottom = min(height, int(panel_bottom + 3 * mm))
-  ink = _ink(rgb, top, bottom, min_area=max(3, round((0.5 * mm)**2)))
+  ink, total = _ink(rgb, top, bottom, min_area=max(3, round((0.5 * mm)**2)))
+  grid_x, grid_y, strength = _grid(total, ink, top, layout)
+  grid_ok = strength >= _GRID_STRENGTH and abs(grid_x / grid_y - 1) < 0.02
+  scale = "width"
+  if grid_ok and abs((grid_x + grid_y) / 2 / mm - 1) > _GRID_TRUSTED:
+    # The page is not at its width's scale (padded, cropped, another paper): the grid's is used.
+    scale = "grid"
+    layout = base_layout.scaled((grid_x + grid_y) / 2 / base_layout.px_per_mm)
+    mm = layout.px_per_mm
+    _, panel_top, _, panel_bottom = layout.panel_box
+    top = max(0, int(panel_top - 3 * mm))
+    bottom = min(height, int(panel_bottom + 3 * mm))
+    ink, total = _ink(rgb, top, bottom, min_area=max(3, round((0.5 * mm)**2)))
   fit = _fit_page(ink, top, layout)
+  if grid_ok and not any(fit.found):  # No pulse: 10 mm of the grid is 1 mV.
+    fit = dataclasses.replace(fit, px_per_mv=float(grid_y * layout.mm_per_mv))
+  fit = dataclasses.replace(fit, grid_px_per_mm=(grid_x, grid_y), grid_strength=strength,
+                            scale=scale)
 
   n_total = int(round(layout.duration_s * FS))
   n_col = n_total // layout.columns
@@ -410,6 +520,8 @@ def digitize(page: np.ndarray | str | os.PathLike, layout: PageLayout | None = N
   rhythm_quality = 0.0
   separators = [fit.page_x(x, (y0 + y1) / 2) for x, y0, y1 in layout.separators()]
   sep_margin = 0.5 * mm + 1.0
+  pieces, ends = [], {}
+  pen = 0.5 * mm
   for row, leads in enumerate(rows):
     base_layout_y = layout.baselines[row]
     y_base = fit.baselines[row]
@@ -452,20 +564,45 @@ def digitize(page: np.ndarray | str | os.PathLike, layout: PageLayout | None = N
       bottoms = np.asarray(bwd_b[::-1] + fwd_b, np.float64)
       ys = _values(tops, bottoms)
       mv = (fit.baseline(row, xs) - ys) / fit.px_per_mv
-      t = (fit.layout_x(xs, base_layout_y) - layout.trace_left) / layout.px_per_s
-      ok = ~np.isnan(mv)
-      found = float(ok.mean())
-      if ok.sum() >= 2:
-        samples = np.interp(np.arange(n0, n1) / FS, t[ok], mv[ok]).astype(np.float32)
-      else:
-        samples = np.full(n1 - n0, np.nan, np.float32)
-      if leads is None:
-        rhythm[:] = samples
-        rhythm_quality = found
-      else:
-        i = LEADS.index(leads[col])
-        signals[i, n0:n1] = samples
-        quality[i] = found
+      pieces.append((row, col, leads, xs, mv, n0, n1))
+      if col in (None, 0, layout.columns - 1):
+        ok_cols = np.flatnonzero(~np.isnan(tops))
+        if ok_cols.size:
+          if col in (None, 0) and ok_cols[0] == 0:
+            ends.setdefault(row, {})["left"] = xs[0] - _follow(
+                r_first, r_last, r_off, tops[0], bottoms[0], xs[0] - x_lo - 1, -1, 0)
+          if col in (None, layout.columns - 1) and ok_cols[-1] == len(xs) - 1:
+            ends.setdefault(row, {})["right"] = xs[-1] + _follow(
+                r_first, r_last, r_off, tops[-1], bottoms[-1], xs[-1] - x_lo + 1, 1, x_hi - x_lo)
+  # The traces' own ends: where each row's trace begins (t = 0) and ends (the last sample).
+  t_end = (n_total - 1) / FS * layout.px_per_s
+  deltas = []
+  for row, e in ends.items():
+    if "left" in e and "right" in e:
+      y = layout.baselines[row]
+      want_l, want_r = fit.page_x(layout.trace_left, y), fit.page_x(layout.trace_left + t_end, y)
+      if abs((e["right"] - e["left"]) - (want_r - want_l)) <= pen + 2:
+        deltas.append((e["left"] + e["right"]) / 2 - (want_l + want_r) / 2)
+  trace_shift = float(np.median(deltas)) if len(deltas) >= 2 else 0.0
+  if abs(trace_shift) > 0.3 * mm:  # Farther than a pen's width: an end misread, not a placement.
+    trace_shift = 0.0
+  fit = dataclasses.replace(fit, trace_shift=trace_shift)
+  for row, col, leads, xs, mv, n0, n1 in pieces:
+    t = ((fit.layout_x(xs - trace_shift, layout.baselines[row]) - layout.trace_left)
+         / layout.px_per_s)
+    ok = ~np.isnan(mv)
+    found = float(ok.mean())
+    if ok.sum() >= 2:
+      samples = np.interp(np.arange(n0, n1) / FS, t[ok], mv[ok]).astype(np.float32)
+    else:
+      samples = np.full(n1 - n0, np.nan, np.float32)
+    if leads is None:
+      rhythm[:] = samples
+      rhythm_quality = found
+    else:
+      i = LEADS.index(leads[col])
+      signals[i, n0:n1] = samples
+      quality[i] = found
   return Digitized(signals=signals, rhythm=rhythm, leads=LEADS, fs=FS, quality=quality,
                    rhythm_quality=rhythm_quality, fit=fit, layout=layout, source=source)
 
@@ -554,11 +691,11 @@ def plot_overlay(d: Digitized, page: np.ndarray, path: str) -> None:
   layout_x = layout.trace_left + t * layout.px_per_s
   rows = [list(leads) for leads in LEAD_GRID]
   for row, leads in enumerate(rows):
-    x = fit.page_x(layout_x, layout.baselines[row])
+    x = fit.page_x(layout_x, layout.baselines[row]) + fit.trace_shift
     for lead in leads:
       y = fit.baseline(row, x) - d.lead(lead) * fit.px_per_mv
       ax.plot(x, y, color="red", linewidth=0.6, alpha=0.8)
-  x = fit.page_x(layout_x, layout.baselines[-1])
+  x = fit.page_x(layout_x, layout.baselines[-1]) + fit.trace_shift
   ax.plot(x, fit.baseline(len(rows), x) - d.rhythm * fit.px_per_mv, color="red", linewidth=0.6,
           alpha=0.8)
   ax.text(10, 20, f"{os.path.basename(d.source)}: quality min {d.quality.min():.2f}, "

@@ -9,9 +9,10 @@ Synthetic: pages of every class and sub-condition (`synth.conditions`), rendered
 window: SNR = 10 log10(sum x^2 / sum (x - y)^2) and Pearson r, truth x and digitized y each
 mean-removed. A lead is read when its quality (fraction of its columns with a trace) is >= 0.9 and
 its signal is finite. "aligned" is the SNR after one time shift per page (shared by all leads,
-within +-1.5 px) that undoes the renderer's own sub-pixel placement: PIL floors polyline
-coordinates, so a synthetic trace lies 0.4-0.9 px left of where its record puts it, which no
-digitizer can know.
+within +-1.5 px) that undoes what is left of the renderer's own sub-pixel placement: PIL truncates
+polyline coordinates, so a synthetic trace lies half a pixel (on average) left of its record, while
+the pulses and separators, at whole or rounded pixels, do not; the digitizer now takes the traces'
+time origin from their own ends (`PageFit.trace_shift`), so the median shift is about 0.
 
 Real (no truth): Einthoven residuals on the dev pages (`--dev_pages`, 0 = all 292) and the 16-file
 sample: sum((III - (II - I))^2) / sum(II^2) in the first column and sum((aVR + aVL + aVF)^2) / sum
