@@ -13,6 +13,17 @@ Train the three backbones with the same data fields (image size, value range, gr
 remove_grid, downscale) as this config.
 `--config=configs/fusion.py:smoke` is the CPU smoke variant (its backbones' workdirs still have to be
 given, e.g. from the smoke configs of cnn.py, mobilenet_v2.py and vgg16.py).
+
+Other backbones: the argument lists them, e.g. `configs/fusion.py:default,signals` fuses the CPU
+default recipe's CNN (configs/default.py) with the 1-D model on the digitized leads
+(configs/signals.py), and `:cnn,mobilenet_v2,vgg16,signals` takes the signal model as a fourth
+backbone; add `smoke` to the list for the smoke variant. With a signal backbone and an image one,
+`config.data.input` is 'image+signals': each batch holds the page and its digitized leads (which
+need `config.dataset.manual_dir`, as configs/signals.py does), and each backbone reads its own:
+
+  python -m ecgjax.main --config=configs/fusion.py:default,signals --workdir=runs/fused \
+      --config.dataset.manual_dir=$HOME/ecg_release --config.model.method=mean_probs \
+      --config.fusion.workdirs.default=runs/default --config.fusion.workdirs.signals=runs/signals
 """
 
 import ml_collections
@@ -20,14 +31,30 @@ import ml_collections
 from configs import cnn
 from configs import default
 from configs import mobilenet_v2
+from configs import signals
 from configs import vgg16
 
-BACKBONES = {"cnn": cnn, "mobilenet_v2": mobilenet_v2, "vgg16": vgg16}
+# The backbones a fused model may name, by the config file each one's architecture comes from.
+CONFIGS = {"cnn": cnn, "mobilenet_v2": mobilenet_v2, "vgg16": vgg16, "default": default,
+           "signals": signals}
+BACKBONES = ("cnn", "mobilenet_v2", "vgg16")  # With no argument: the seed's three.
+
+
+def _parse(arg: str | None) -> tuple[tuple[str, ...], bool]:
+  """'default,signals,smoke' -> (('default', 'signals'), True)."""
+  words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+  smoke = "smoke" in words
+  keys = tuple(dict.fromkeys(w for w in words if w != "smoke")) or BACKBONES
+  unknown = [k for k in keys if k not in CONFIGS]
+  if unknown or len(keys) < 2:
+    raise ValueError(f"Unknown config argument {arg!r}; use two or more backbones of "
+                     f"{sorted(CONFIGS)} separated by commas, and/or 'smoke' (nothing: "
+                     f"{','.join(BACKBONES)}).")
+  return keys, smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "", "smoke"):
-    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke' or nothing.")
+  keys, smoke = _parse(arg)
   config = default.base_config()
   config.model = ml_collections.ConfigDict()
   config.model.name = "fusion"
@@ -38,15 +65,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # The backbones' architectures; replaced by each workdir's own config when one is given.
   config.model.backbones = ml_collections.ConfigDict(
-      {key: module.get_config(arg).model for key, module in BACKBONES.items()})
+      {key: CONFIGS[key].get_config("smoke" if smoke else None).model for key in keys})
   config.fusion = ml_collections.ConfigDict()
   # Trained runs to restore each backbone from ('' = train that backbone from scratch, which
   # needs freeze_backbones=False).
-  config.fusion.workdirs = ml_collections.ConfigDict({key: "" for key in BACKBONES})
+  config.fusion.workdirs = ml_collections.ConfigDict({key: "" for key in keys})
+  reads = {"signals" if key == "signals" else "image" for key in keys}
+  config.data.input = "image+signals" if len(reads) == 2 else reads.pop()
   config.data.image_size = (256, 448)
   config.train.num_epochs = 10
   config.train.learning_rate = 1e-3
   config.train.bn_recompute_batches = 0  # Frozen backbones keep their own evaluation statistics.
-  if arg == "smoke":
+  if smoke:
     config = default.smoke(config)
+  if config.data.input != "image":
+    config.saliency.num_pages = 0  # Maps are drawn for page-image models only.
   return config

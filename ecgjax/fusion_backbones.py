@@ -25,11 +25,13 @@ import numpy as np
 
 from ecgjax import checkpoints
 from ecgjax.models.fusion import BACKBONE_PREFIX
+from ecgjax.models.fusion import input_of
 
 # The data fields a backbone's run must share with the fused run, and their values in configs
-# written before the field existed.
-_DATA_FIELDS = (("value_range", None), ("grayscale", None), ("image_size", None),
-                ("remove_grid", False), ("downscale", "bilinear"))
+# written before the field existed: a page model's preprocessing, or a signal model's rate.
+_DATA_FIELDS = {"image": (("value_range", None), ("grayscale", None), ("image_size", None),
+                          ("remove_grid", False), ("downscale", "bilinear")),
+                "signals": (("signal_hz", 125),)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,7 @@ def prepare(config: ml_collections.ConfigDict) -> ModelSetup:
         f"config.model.freeze_backbones is True but no trained run is given for backbone(s) "
         f"{missing}: set --config.fusion.workdirs.{missing[0]}=RUN_DIR (or unfreeze them).")
   for key, backbone in loaded.items():
-    for field, default in _DATA_FIELDS:
+    for field, default in _DATA_FIELDS[input_of(backbone.config.model)]:
       theirs = backbone.config.data.get(field, default)
       if tuple(np.atleast_1d(theirs)) != tuple(np.atleast_1d(config.data[field])):
         raise ValueError(
@@ -72,6 +74,25 @@ def prepare(config: ml_collections.ConfigDict) -> ModelSetup:
   return ModelSetup(model_overrides={"backbones": specs},
                     restore=functools.partial(_put_backbones, loaded) if loaded else None,
                     frozen=frozen_backbones if frozen else None)
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with each backbone whose trained run is given (`config.fusion.workdirs`) described by
+  that run's own `config.model`, so that the fused run's config.json rebuilds the model it trained.
+
+  Reads only the runs' config.json; any model but `fusion` is returned as it is.
+  """
+  if config.model.name != "fusion":
+    return config
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  for key, workdir in dict(config.fusion.workdirs).items():
+    if workdir:
+      try:
+        theirs = checkpoints.read_config(workdir).model
+      except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.fusion.workdirs.{key}={workdir!r}: {e}") from e
+      resolved.model.backbones[key] = ml_collections.ConfigDict(theirs.to_dict())
+  return resolved
 
 
 def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]

@@ -60,35 +60,39 @@ def predict_pages(loaded: checkpoints.LoadedModel, paths: Sequence[str], *, crop
 
   data_config = loaded.config.data
   value_range = pipeline.input_range(loaded.config)
-  # A signal model (config.data.input='signals') reads the whole page's digitized leads, uncropped.
-  signals = data_config.get("input", "image") == "signals"
-  logits_fn = jax.jit(lambda images: loaded.logit_fn(pipeline.normalize(images, value_range)))
+  # A signal model (config.data.input='signals') reads the whole page's digitized leads, uncropped;
+  # a fused page and signal model ('image+signals') both, as a batch {"image", "signals"}.
+  kind = data_config.get("input", "image")
+  logits_fn = jax.jit(lambda batch: loaded.logit_fn(pipeline.model_inputs(batch, value_range)))
 
   results: list[dict[str, Any]] = [{"path": p} for p in paths]
   ready = []
   for result in results:
     try:
-      if signals:
+      inputs = {}
+      if kind != "signals":
+        inputs["image"], note = pipeline.load_page(result["path"], data_config, crop=crop,
+                                                   dataset_config=loaded.config.dataset)
+      if kind != "image":
         from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
-        image = digitized.digitized_view(result["path"], data_config.signal_hz)
-        note = "whole page digitized"
-      else:
-        image, note = pipeline.load_page(result["path"], data_config, crop=crop,
-                                         dataset_config=loaded.config.dataset)
+        inputs["signals" if "image" in inputs else "image"] = digitized.digitized_view(
+            result["path"], data_config.signal_hz)
+        note = "whole page digitized" if kind == "signals" else f"{note}; whole page digitized"
     except (OSError, ValueError) as e:
       result["error"] = str(e)
       continue
     result["note"] = note
     # Without the panel the model sees something unlike its training pages: say so beside the class.
     result["reliable"] = not note.startswith(pipeline.NO_PANEL)
-    ready.append((result, image))
+    ready.append((result, inputs))
   all_logits = [np.zeros((0, len(CLASS_NAMES)))]
   for start in range(0, len(ready), batch_size):
     chunk = ready[start:start + batch_size]
-    images = np.stack([image for _, image in chunk])
-    # Pad to a whole batch so every call reuses one compiled shape.
-    padded = np.concatenate([images, np.repeat(images[:1], batch_size - len(chunk), 0)])
-    logits = np.asarray(logits_fn(padded), np.float64)[:len(chunk)]
+    # Padded to a whole batch so every call reuses one compiled shape.
+    batch = {key: np.stack([inputs[key] for _, inputs in chunk]
+                           + [chunk[0][1][key]] * (batch_size - len(chunk)))
+             for key in chunk[0][1]}
+    logits = np.asarray(logits_fn(batch), np.float64)[:len(chunk)]
     all_logits.append(logits)
     probs = report.softmax(logits, axis=-1)
     for (result, _), p in zip(chunk, probs):

@@ -181,10 +181,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                ema_decay: float, value_range: tuple[float, float] | None, focal_gamma: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
                augment_key: jax.Array | None = None) -> tuple[TrainState, TrainMetrics]:
-  images = batch["image"]
-  if augmentation:
-    images = augmentation.apply(images, jax.random.fold_in(augment_key, state.step))
-  images = pipeline.normalize(images, value_range)
+  if augmentation:  # The page images only; signals (config.data.input) are never augmented.
+    batch = {**batch, "image": augmentation.apply(batch["image"],
+                                                  jax.random.fold_in(augment_key, state.step))}
+  images = pipeline.model_inputs(batch, value_range)
   labels = batch["label"]
   rng = jax.random.fold_in(dropout_key, state.step)
 
@@ -212,8 +212,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: nn.Module,
               value_range: tuple[float, float] | None) -> tuple[jax.Array, EvalMetrics]:
-  images = pipeline.normalize(batch["image"], value_range)
-  logits = model.apply(variables, images, train=False)
+  logits = model.apply(variables, pipeline.model_inputs(batch, value_range), train=False)
   loss = per_example_loss(logits, batch["label"])
   step_metrics = EvalMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"])
@@ -223,7 +222,7 @@ def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model: 
 def batch_stats_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
                      model: nn.Module, value_range: tuple[float, float] | None) -> Any:
   """The BatchNorm statistics of one batch alone: `model` must be built with bn_momentum=0."""
-  images = pipeline.normalize(batch["image"], value_range)
+  images = pipeline.model_inputs(batch, value_range)
   _, updates = model.apply(_variables(params, batch_stats), images, train=True,
                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
   return updates["batch_stats"]
@@ -236,7 +235,9 @@ def batch_stats_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array],
 
 def _init_state(config, model, tx, image_shape) -> TrainState:
   key = jax.random.key(config.seed)
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  # One example of every input: (1, *shape), or a dict of them for a model of several inputs.
+  dummy = ({k: jnp.zeros((1, *shape), jnp.float32) for k, shape in image_shape.items()}
+           if isinstance(image_shape, dict) else jnp.zeros((1, *image_shape), jnp.float32))
   variables = model.init({"params": key, "dropout": key}, dummy, train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
@@ -279,6 +280,8 @@ class Trainer:
   """Holds what one run builds once: data sources, mesh, model, jitted steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    # A fused model's backbones as their trained runs describe them (what config.json records).
+    config = fusion_backbones.resolve(config)
     self.config = config
     self.workdir = os.path.abspath(workdir)
     validate.check(config)  # Before any data work: a bad value fails at once, naming the field.
@@ -312,7 +315,8 @@ class Trainer:
     self.tx, self.schedule = create_optimizer(config.train, self.total_steps, self.steps_per_epoch,
                                               frozen=self.model_setup.frozen)
     self.value_range = pipeline.input_range(config)  # None: signals, fed as they are.
-    self.image_shape = self.data["train"].image_shape  # (H, W, C) of a page, (T, C) of signals.
+    # (H, W, C) of a page, (T, C) of signals, {"image": (H, W, C), "signals": (T, C)} of both.
+    self.image_shape = self.data["train"].image_shape
     self.class_weights = class_weights_for(config.train, self.train_labels)
 
     self.state_sharding = jax.tree_util.tree_map(
@@ -528,6 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `python -m ecgjax.evaluate`).
   """
   workdir = os.path.abspath(workdir)
+  config = fusion_backbones.resolve(config)
   checkpoints.check_workdir(config, workdir)  # An existing run's record decides, before any work.
   trainer = Trainer(config, workdir)
   start = time.time()

@@ -102,26 +102,36 @@ def _check_input(config, models, pipeline) -> None:
   """The model, data set and page-only features agree with `config.data.input`."""
   kind = config.data.get("input", "image")
   _choice(config, "data.input", pipeline.INPUTS)
-  reads_signals = config.model.name in models.SIGNAL_MODELS
-  if kind == "signals":
+  if config.model.name == "fusion":  # What its backbones read, together.
+    from ecgjax.models.fusion import input_of  # pylint: disable=g-import-not-at-top
+    reads = {input_of(spec) for spec in config.model.get("backbones", {}).values()}
+    needed = "image+signals" if len(reads) == 2 else (reads.pop() if reads else kind)
+  else:
+    needed = "signals" if config.model.name in models.SIGNAL_MODELS else "image"
+  if kind != "image":
     from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
     try:
       digitized.check_rate(config.data.signal_hz)
     except ValueError as e:
       raise ConfigError(str(e)) from e
-    if not reads_signals:
+    if config.saliency.num_pages:
+      _fail("saliency.num_pages", config.saliency.num_pages, "saliency maps are drawn for "
+            f"page-image models; use 0 with config.data.input={kind!r}")
+  if kind != needed:
+    if config.model.name == "fusion":
+      _fail("data.input", kind, f"the backbones of this fused model read {needed!r}; set "
+            f"config.data.input={needed!r}")
+    if kind == "signals":
       _fail("model.name", config.model.name, "a page-image model cannot read "
             f"config.data.input='signals'; use one of {sorted(models.SIGNAL_MODELS)}")
-    if config.data.augment:
-      _fail("data.augment", config.data.augment, "the augmentation ops act on page images; use '' "
-            "with config.data.input='signals'")
-    if config.saliency.num_pages:
-      _fail("saliency.num_pages", config.saliency.num_pages, "saliency maps are drawn on page "
-            "images; use 0 with config.data.input='signals'")
-  else:
-    if reads_signals:
+    if needed == "signals":
       _fail("model.name", config.model.name, "this model reads digitized signals; set "
             "config.data.input='signals'")
-    if config.dataset.name == "ecg_signals_sim":
-      _fail("dataset.name", config.dataset.name, "it holds signals only; set "
-            "config.data.input='signals' and a signal model")
+    _fail("data.input", kind, f"model {config.model.name!r} reads {needed!r}; 'image+signals' is "
+          "for a fused model with page and signal backbones")
+  if kind == "signals" and config.data.augment:
+    _fail("data.augment", config.data.augment, "the augmentation ops act on page images; use '' "
+          "with config.data.input='signals'")
+  if kind != "signals" and config.dataset.name == "ecg_signals_sim":
+    _fail("dataset.name", config.dataset.name, "it holds signals only; set "
+          "config.data.input='signals' and a signal model")

@@ -130,6 +130,19 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("augment", {"data.augment": AUGMENT}),
                   Arm("augment_blur_noise", {"data.augment": AUGMENT + "|blur(1.0)|noise(4)"}))),
         Ablation(
+            "signals",
+            "A page read as pixels or as signals: the CPU default image recipe "
+            "(configs/default.py), the 1-D model on the digitized leads (configs/signals.py), and "
+            "the two fused by averaging their probabilities (configs/fusion.py:default,signals; "
+            "nothing to train, so one epoch).",
+            arms=(Arm("image", config="configs/default.py"),
+                  Arm("signals", config="configs/signals.py"),
+                  Arm("fused", config="configs/fusion.py:default,signals",
+                      needs={"fusion.workdirs.default": "image",
+                             "fusion.workdirs.signals": "signals"},
+                      overrides={"model.method": "mean_probs", "train.num_epochs": 1})),
+            config="configs/default.py"),
+        Ablation(
             "pretraining",
             "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "
             "data with config.init_from, against training from scratch.",

@@ -130,7 +130,9 @@ def run_overrides(run: Run, runs: Sequence[Run], ablation: ablations.Ablation,
 
 def config_file(arm: Arm, ablation: ablations.Ablation, smoke: bool) -> str:
   path = arm.config or ablation.config
-  return f"{path}:smoke" if smoke else path
+  if not smoke:
+    return path
+  return f"{path},smoke" if ":" in path else f"{path}:smoke"  # 'fusion.py:default,signals,smoke'.
 
 
 def _flag_value(value: Any) -> str:

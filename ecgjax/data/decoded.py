@@ -116,6 +116,42 @@ class DecodedImages:
       self.__init__(state["parts"], (), state["mode"])
 
 
+class Joined:
+  """Several views of the same examples (`config.data.input='image+signals'`: the decoded page and
+  its digitized leads), gathered together: a batch holds each view under its own key.
+
+  Every view is a `DecodedImages` of the same source, in the same order; their labels must agree.
+  """
+
+  def __init__(self, views: dict[str, DecodedImages]):
+    if not views:
+      raise ValueError("Joined needs at least one view.")
+    self.views = dict(views)
+    first, *others = self.views.items()
+    for key, view in others:
+      if len(view) != len(first[1]) or not np.array_equal(view.labels, first[1].labels):
+        raise ValueError(f"The {key!r} view of the examples does not line up with the "
+                         f"{first[0]!r} view ({len(view)} against {len(first[1])} examples).")
+
+  def __len__(self) -> int:
+    return len(next(iter(self.views.values())))
+
+  @property
+  def image_shape(self) -> dict[str, tuple[int, ...]]:
+    return {key: view.image_shape for key, view in self.views.items()}
+
+  @property
+  def labels(self) -> np.ndarray:
+    return next(iter(self.views.values())).labels
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    batch = {}
+    for key, view in self.views.items():
+      part = view.gather(indices)
+      batch[key], batch["label"] = part["image"], part["label"]
+    return batch
+
+
 def _read(path: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
   images = np.load(path + ".npy", mmap_mode="r" if mode == "mmap" else None)
   labels = np.load(path + ".labels.npy")

@@ -8,6 +8,9 @@ exactly once, padded to whole batches with a `mask`. Images stay uint8 on the ho
 move than float32); augmentation (`augment`) and `normalize` run inside the jitted step. With
 `config.data.input='signals'` the same machinery carries each page's digitized leads instead
 (`digitized`, float32 in mV, under the same batch key "image"), which `normalize` leaves as they are.
+With `config.data.input='image+signals'` (a fused model with page and signal backbones) a batch holds
+both, the page under "image" and its leads under "signals" (`decoded.Joined`), and `model_inputs`
+gives the model {"image": ..., "signals": ...}.
 
 Not here: the data sets themselves (`ecg_synth`, `ecg_images`), the host image ops (`transforms`) and
 the augmentation ops (`augment`).
@@ -41,7 +44,7 @@ DATASET_MODULES = {
     "ecg_images": "ecgjax.data.ecg_images",
     "ecg_signals_sim": "ecgjax.data.ecg_signals_sim",  # Signals only: config.data.input='signals'.
 }
-INPUTS = ("image", "signals")  # What `config.data.input` may name.
+INPUTS = ("image", "signals", "image+signals")  # What `config.data.input` may name.
 
 
 def _register_builder(name: str) -> None:
@@ -293,17 +296,26 @@ def eval_batches(decoded: decoded_lib.DecodedImages, *, local_batch_size: int,
     chunk = indices[b * local_batch_size:(b + 1) * local_batch_size]
     batch = decoded.gather(chunk)
     pad = local_batch_size - len(chunk)
-    images = np.concatenate([batch["image"],
-                             np.zeros((pad,) + decoded.image_shape, batch["image"].dtype)])
-    labels = np.concatenate([batch["label"], np.zeros((pad,), np.int32)])
-    mask = np.arange(local_batch_size) < len(chunk)
-    yield {"image": images, "label": labels, "mask": mask}
+    # Every input (the page, or the page and its signals) and the labels, padded with zeros.
+    batch = {key: np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])
+             for key, value in batch.items()}
+    batch["mask"] = np.arange(local_batch_size) < len(chunk)
+    yield batch
 
 
-def load(source: Source, config: ml_collections.ConfigDict) -> decoded_lib.DecodedImages:
+def load(source: Source, config: ml_collections.ConfigDict
+         ) -> decoded_lib.DecodedImages | decoded_lib.Joined:
   """The model inputs of every example of `source`, read once and cached (`decoded.load`): pages
-  decoded at the model's size, or with `config.data.input='signals'` their digitized leads."""
+  decoded at the model's size, with `config.data.input='signals'` their digitized leads, with
+  'image+signals' both (`decoded.Joined`: batches hold "image" and "signals")."""
   kind = config.data.get("input", "image")
+  if kind == "image+signals":
+    views = {}
+    for key in ("image", "signals"):
+      one = ml_collections.ConfigDict(config.to_dict())
+      one.data.input = key
+      views[key] = load(source, one)
+    return decoded_lib.Joined(views)
   if kind == "signals":
     from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
     return decoded_lib.load(source, config.data, preprocess=digitized.Preprocess(config))
@@ -320,6 +332,16 @@ def input_range(config: ml_collections.ConfigDict) -> tuple[float, float] | None
   if config.data.get("input", "image") == "signals":
     return None
   return tuple(config.data.value_range)
+
+
+def model_inputs(batch: dict[str, jax.Array], value_range: Sequence[float] | None
+                 ) -> jax.Array | dict[str, jax.Array]:
+  """What the model reads from a batch, in jit: the normalised page images (or signals, under the
+  same key); with a "signals" entry as well, {"image": normalised pages, "signals": float32 mV}."""
+  images = normalize(batch["image"], value_range)
+  if "signals" in batch:
+    return {"image": images, "signals": normalize(batch["signals"], None)}
+  return images
 
 
 def normalize(images: jax.Array, value_range: Sequence[float] | None = (-1.0, 1.0),

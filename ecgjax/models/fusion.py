@@ -8,6 +8,11 @@
 - 'learned_logit_weights': softmax-normalised learned weights (one per backbone, starting equal)
   over the backbones' logits.
 
+The backbones may read different inputs: called with a dict (`config.data.input='image+signals'`:
+{"image": pages, "signals": digitized leads}), each backbone reads the entry `input_of` names, the
+signals for a signal model (`models.SIGNAL_MODELS`, e.g. the 1-D ResNet), the page images for the
+others; called with one array, every backbone reads it.
+
 Backbone variables live under ``params/backbone_<key>`` (and ``batch_stats/backbone_<key>``), the
 same trees each backbone has on its own, so a trained backbone checkpoint drops in. Restoring them
 from their workdirs is `ecgjax.fusion_backbones`' job, not this module's (a model knows nothing of
@@ -28,6 +33,18 @@ import jax.numpy as jnp
 
 METHODS = ("concat_mlp", "mean_probs", "learned_logit_weights")
 BACKBONE_PREFIX = "backbone_"  # Backbone <key>'s variables are the subtree `backbone_<key>`.
+
+
+def input_of(spec: Any) -> str:
+  """Which entry of a dict input a backbone reads: 'signals' for a signal model, else 'image'.
+
+  `spec` is a backbone's config (with 'name') or module; a module names its input with an `input`
+  attribute if it has one.
+  """
+  from ecgjax.models import SIGNAL_MODELS  # pylint: disable=import-outside-toplevel
+  if isinstance(spec, nn.Module):
+    return getattr(spec, "input", "image")
+  return "signals" if dict(spec).get("name") in SIGNAL_MODELS else "image"
 
 
 def _build_backbone(spec: Any, num_classes: int, dtype: Any) -> nn.Module:
@@ -67,7 +84,8 @@ class FusedModel(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False, return_features: bool = False):
+  def __call__(self, images: jax.Array | Mapping[str, jax.Array], *, train: bool = False,
+               return_features: bool = False):
     if self.method not in METHODS:
       raise ValueError(f"FusedModel.method={self.method!r} (config.model.method); expected one "
                        f"of {METHODS}.")
@@ -80,7 +98,13 @@ class FusedModel(nn.Module):
     for key, spec in specs.items():
       backbone = _build_backbone(spec, self.num_classes, self.dtype).clone(
           name=f"{BACKBONE_PREFIX}{key}", parent=self)
-      logits, features = backbone(images, train=train and not self.freeze_backbones,
+      inputs = images
+      if isinstance(images, Mapping):
+        if input_of(spec) not in images:
+          raise ValueError(f"Backbone {key!r} reads {input_of(spec)!r} but the model was given "
+                           f"only {sorted(images)}; set config.data.input='image+signals'.")
+        inputs = images[input_of(spec)]
+      logits, features = backbone(inputs, train=train and not self.freeze_backbones,
                                   return_features=True)
       if logits.shape[-1] != self.num_classes:
         raise ValueError(f"Backbone {key!r} gives {logits.shape[-1]} logits; FusedModel has "
