@@ -91,3 +91,83 @@ def test_errors_name_the_field(images):
     _init(FusedModel(NUM_CLASSES, backbones=_backbones(False), method="vote"), images)
   with pytest.raises(ValueError, match="at least two backbones"):
     _init(FusedModel(NUM_CLASSES, backbones={"cnn": CustomCNN(NUM_CLASSES)}), images)
+
+
+def test_backbones_read_their_own_input(images):
+  from ecgjax.models.resnet1d import ResNet1D  # pylint: disable=g-import-not-at-top
+  signals = jax.random.normal(jax.random.key(4), (2, 64, 13))
+  backbones = {"page": {"name": "cnn", "filters": (4, 8), "dense_units": 0},
+               "leads": {"name": "resnet1d", "stem_width": 4, "widths": (4, 8)}}
+  model = FusedModel(NUM_CLASSES, backbones=backbones, method="mean_probs")
+  inputs = {"image": images, "signals": signals}
+  variables = _init(model, inputs)
+  probs = []
+  for key, module, x in (("page", CustomCNN(NUM_CLASSES, filters=(4, 8), dense_units=0), images),
+                         ("leads", ResNet1D(NUM_CLASSES, stem_width=4, widths=(4, 8)), signals)):
+    sub = {c: tree[f"backbone_{key}"] for c, tree in variables.items()}
+    probs.append(jax.nn.softmax(module.apply(sub, x)))
+  np.testing.assert_allclose(jax.nn.softmax(model.apply(variables, inputs)),
+                             np.mean(probs, axis=0), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="reads 'signals'.*image\\+signals"):
+    model.apply(variables, {"image": images})
+
+
+def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
+  """Trained page and signal runs fused by averaging: the run trains, reports, records its
+  backbones' own architectures, predicts page files, and its logits are the two models' average."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import fusion  # pylint: disable=g-import-not-at-top
+  from configs import signals  # pylint: disable=g-import-not-at-top
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ecgjax import predict  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import synth  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  runs = {}
+  for key, config in (("default", default.get_config("smoke")),
+                      ("signals", signals.get_config("smoke"))):
+    config.dataset.data_dir = tfds_data_dir
+    config.dataset.name = "ecg_synth"
+    config.saliency.num_pages = 0
+    config.train.num_epochs = 1
+    if key == "default":
+      config.model.filters = (6, 8)  # Not the fused config's own guess: its run's must be used.
+    runs[key] = str(tmp_path / key)
+    train.train_and_evaluate(config, runs[key])
+
+  config = fusion.get_config("default,signals,smoke")
+  assert config.data.input == "image+signals" and config.saliency.num_pages == 0
+  config.dataset.data_dir = tfds_data_dir
+  config.model.method = "mean_probs"
+  config.train.num_epochs = 1
+  wrong = fusion.get_config("default,signals,smoke")
+  wrong.data.input = "image"
+  with pytest.raises(validate.ConfigError, match="data.input='image'.*'image\\+signals'"):
+    validate.check(wrong)
+  for key, workdir in runs.items():
+    config.fusion.workdirs[key] = workdir
+  fused_dir = str(tmp_path / "fused")
+  report = train.train_and_evaluate(config, fused_dir)
+  assert report["model"] == "fusion" and report["num_examples"] == 4
+
+  fused = checkpoints.load_model(fused_dir)
+  assert tuple(fused.config.model.backbones.default.filters) == (6, 8)
+  source = pipeline.Source(pipeline.dataset_builder(config.dataset), ("fold0",))
+  batch = pipeline.load(source, config).gather(np.arange(len(source)))
+  assert batch["image"].shape[1:] == (48, 80, 1) and batch["signals"].shape[1:] == (1250, 13)
+  value_range = pipeline.input_range(config)
+  own = [jax.nn.softmax(checkpoints.load_model(runs["default"]).logit_fn(
+             pipeline.normalize(batch["image"], value_range))),
+         jax.nn.softmax(checkpoints.load_model(runs["signals"]).logit_fn(
+             jnp.asarray(batch["signals"])))]
+  np.testing.assert_allclose(
+      jax.nn.softmax(fused.logit_fn(pipeline.model_inputs(batch, value_range))),
+      np.mean(own, axis=0), rtol=1e-4, atol=1e-5)
+
+  page = str(tmp_path / "page.png")
+  Image.fromarray(synth.render(synth.simulate("mi", 3), 3)).save(page)
+  (result,) = predict.predict_files(fused_dir, [page])
+  assert "error" not in result and result["note"].endswith("whole page digitized")
