@@ -10,6 +10,12 @@ saliency_METHOD.json with each lead's share of the attribution. A file that cann
 on stderr and skipped, the other pages are still explained, and the exit status is then 1; it is 1
 too when no page could be read (nothing is written).
 
+A signal run (config.data.input='signals', e.g. configs/signals.py) is explained on the whole page
+instead: each page is digitized, the model's (time, 13) input is attributed (--method gradient,
+smoothgrad or integrated_gradients, the default there, from flat leads) and the digitized traces are
+drawn back onto the page coloured by attribution (`ecgjax.saliency.signals`); --crop_panel and
+--layer do not apply. The JSON has the same per-lead fields, the rhythm strip as its own lead.
+
 This module is the command line only, and the text of its --help: the maths is in `attribution`,
 the per-lead sums in `leads`, the figures in `figures`, the JSON in `explain`. Its flags are defined
 by `run()`, not on import (`ecgjax.main` defines --workdir too).
@@ -38,7 +44,8 @@ def _define_flags() -> None:
                             "(so a shell glob works: --images pages/*.jpg).")
   flags.DEFINE_string("out", None, "Output directory for the PNGs and the JSON.")
   flags.DEFINE_enum("method", "grad_cam", METHODS, "Attribution method (Grad-CAM, as "
-                    "config.saliency.method's default).")
+                    "config.saliency.method's default; integrated_gradients for a signal run, "
+                    "where Grad-CAM does not apply).")
   flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
   flags.DEFINE_bool("crop_panel", True, "Crop each page to its grid panel first, as the data sets "
                     "do; --nocrop_panel for images already cropped.")
@@ -62,6 +69,13 @@ def main(argv: Sequence[str]) -> None:
   if not paths:
     raise ValueError("No pages: pass --images FILE... .")
   loaded = checkpoints.load_model(FLAGS.workdir, FLAGS.checkpoint)
+  if loaded.config.data.get("input", "image") == "signals":
+    _explain_signals(loaded, paths)
+    return
+  if loaded.config.data.get("input", "image") != "image":
+    workdirs = ", ".join(f"{k}={v}" for k, v in loaded.config.fusion.workdirs.items())
+    sys.exit(f"{FLAGS.workdir} fuses page and signal models (config.data.input="
+             f"{loaded.config.data.input!r}): explain each backbone's own run ({workdirs}).")
   pages, failed = [], []
   for path in paths:  # A bad file is named and skipped; the good pages are still explained.
     label = ecg_images.class_of_path(os.path.abspath(path))  # The release's folder names.
@@ -84,6 +98,43 @@ def main(argv: Sequence[str]) -> None:
                       contrast_steps=FLAGS.contrast_steps, **options)
   print(f"Wrote {out['json']} and {2 * len(out['pages'])} PNGs under {FLAGS.out} "
         f"({FLAGS.method}, checkpoint step {loaded.step}).")
+  if failed:
+    sys.exit(f"{len(failed)} of {len(paths)} pages could not be read: {', '.join(failed)}.")
+
+
+def _explain_signals(loaded, paths: Sequence[str]) -> None:
+  """`main` for a signal run: digitize each page, explain the model's input, draw it on the page."""
+  from ecgjax.classes import class_index  # pylint: disable=g-import-not-at-top
+  from ecgjax.data import ecg_images  # pylint: disable=g-import-not-at-top
+  from ecgjax.saliency import signals  # pylint: disable=g-import-not-at-top
+  method = FLAGS.method if FLAGS["method"].present else "integrated_gradients"
+  if method not in signals.SIGNAL_METHODS:
+    sys.exit(f"--method={method} does not apply to a signal run ({FLAGS.workdir}: "
+             f"config.data.input='signals'); use one of {', '.join(signals.SIGNAL_METHODS)}.")
+  hz = int(loaded.config.data.signal_hz)
+  pages, failed = [], []
+  for path in paths:  # A bad file is named and skipped; the good pages are still explained.
+    label = ecg_images.class_of_path(os.path.abspath(path))
+    try:
+      pages.append(signals.signal_page_from_file(
+          path, hz, None if label is None else class_index(label)))
+    except (OSError, ValueError) as e:
+      failed.append(path)
+      message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+      message = message.replace("<array>", path)  # The digitizer was given the decoded page.
+      print(f"error: {message if path in message else f'{path}: {message}'}", file=sys.stderr)
+  if not pages:
+    sys.exit(f"No page could be read ({len(failed)} failed); nothing written.")
+  options = {"gradient": {},
+             "smoothgrad": {"num_samples": FLAGS.num_samples, "noise_scale": FLAGS.noise_scale,
+                            "chunk_size": FLAGS.chunk_size},
+             "integrated_gradients": {"steps": FLAGS.steps, "chunk_size": FLAGS.chunk_size},
+             }[method]
+  out = signals.explain_signal_pages(loaded.logit_fn, pages, FLAGS.out, method=method,
+                                     seed=FLAGS.seed, contrast_steps=FLAGS.contrast_steps,
+                                     **options)
+  print(f"Wrote {out['json']} and {2 * len(out['pages'])} PNGs under {FLAGS.out} "
+        f"({method} on the digitized signals, checkpoint step {loaded.step}).")
   if failed:
     sys.exit(f"{len(failed)} of {len(paths)} pages could not be read: {', '.join(failed)}.")
 

@@ -2,7 +2,8 @@
 
 The methods are pure, jitted functions of `logit_fn(images) -> (B, num_classes)`, with images float
 (B, H, W, C) in the model's value range, so they serve every model (the fused one included) and know
-nothing of checkpoints:
+nothing of checkpoints. The gradient methods (all but Grad-CAM) take signals (B, T, C) as well, for
+the 1-D models (`ecgjax.saliency.signals`):
 
 - `vanilla_gradient`: d logit_target / d image.
 - `smoothgrad`: the gradient averaged over `num_samples` noisy copies (Smilkov et al. 2017).
@@ -39,9 +40,11 @@ LogitFn = Callable[[jax.Array], jax.Array]
 METHODS: tuple[str, ...] = ("gradient", "smoothgrad", "integrated_gradients", "grad_cam")
 
 
-def _check_images(images: jax.Array) -> None:
-  if images.ndim != 4:
-    raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}.")
+def _check_images(images: jax.Array, spatial: bool = False) -> None:
+  """Float (B, H, W, C) pages, or with `spatial=False` also (B, T, C) signals."""
+  if images.ndim != 4 and (spatial or images.ndim != 3):
+    raise ValueError(f"images must be (B, H, W, C){'' if spatial else ' or signals (B, T, C)'}, "
+                     f"got shape {images.shape}.")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be float in the model's value range, got {images.dtype}; "
                      "map uint8 pages with `pipeline.normalize(images, config.data.value_range)`.")
@@ -74,18 +77,23 @@ def _target_gradients(logit_fn: LogitFn, images: jax.Array, targets: jax.Array) 
   return jax.grad(_target_logit_sum, argnums=1)(logit_fn, images, targets)
 
 
+def _per_item(values: jax.Array, ndim: int) -> jax.Array:
+  """(N,) -> (N, 1, ..., 1), broadcasting against N inputs of `ndim` dimensions."""
+  return values.reshape(values.shape + (1,) * (ndim - 1))
+
+
 def _noisy_inputs(images, pages, samples, *, key, sigmas):
   """SmoothGrad's inputs: noise sample s of page p is keyed by fold_in(fold_in(key, p), s)."""
   keys = jax.vmap(lambda p, q: jax.random.fold_in(jax.random.fold_in(key, p), q))(pages, samples)
   noise = jax.vmap(lambda k: jax.random.normal(k, images.shape[1:], jnp.float32))(keys)
-  noisy = images[pages].astype(jnp.float32) + sigmas[pages, None, None, None] * noise
+  noisy = images[pages].astype(jnp.float32) + _per_item(sigmas[pages], images.ndim) * noise
   return noisy.astype(images.dtype)
 
 
 def _path_inputs(images, pages, points, *, base, alphas):
   """Integrated Gradients' inputs: point q of the straight path from the baseline to page p."""
   x, b = images[pages].astype(jnp.float32), base[pages].astype(jnp.float32)
-  return (b + alphas[points, None, None, None] * (x - b)).astype(images.dtype)
+  return (b + _per_item(alphas[points], images.ndim) * (x - b)).astype(images.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("logit_fn", "make_inputs"), donate_argnums=0)
@@ -93,7 +101,7 @@ def _chunk_step(total, images, targets, pages, points, weights, extra, *, logit_
   """total[p] += weight * grad(logit_target)(input) for one chunk of (page, point) items."""
   inputs = make_inputs(images, pages, points, **extra)
   grads = _target_gradients(logit_fn, inputs, targets[pages]).astype(jnp.float32)
-  return total.at[pages].add(grads * weights[:, None, None, None])
+  return total.at[pages].add(grads * _per_item(weights, grads.ndim))
 
 
 def _accumulated_gradients(logit_fn: LogitFn, make_inputs, images: jax.Array, targets: jax.Array,
@@ -152,7 +160,8 @@ def smoothgrad(logit_fn: LogitFn, images: jax.Array, targets: jax.Array | None =
   _check_images(images)
   targets = _resolve_targets(logit_fn, images, targets)
   num_pages = images.shape[0]
-  spans = (jnp.max(images, axis=(1, 2, 3)) - jnp.min(images, axis=(1, 2, 3))).astype(jnp.float32)
+  axes = tuple(range(1, images.ndim))
+  spans = (jnp.max(images, axis=axes) - jnp.min(images, axis=axes)).astype(jnp.float32)
   pages = np.repeat(np.arange(num_pages, dtype=np.int32), num_samples)
   samples = np.tile(np.arange(num_samples, dtype=np.int32), num_pages)
   weights = np.full(len(pages), 1.0 / num_samples, np.float32)
@@ -206,7 +215,7 @@ def completeness(logit_fn: LogitFn, images: jax.Array, attributions: jax.Array,
   base = jnp.broadcast_to(jnp.asarray(0.0 if baseline is None else baseline, images.dtype),
                           images.shape)
   pick = lambda x: jnp.take_along_axis(logit_fn(x), targets[:, None], axis=1)[:, 0]
-  return jnp.sum(attributions, axis=(1, 2, 3)), pick(images) - pick(base)
+  return jnp.sum(attributions, axis=tuple(range(1, attributions.ndim))), pick(images) - pick(base)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +279,7 @@ def grad_cam(logit_fn: LogitFn, images: jax.Array, targets: jax.Array | None = N
   Returns:
     float32 (B, H, W, 1): relu(sum_k mean(dy/dA_k) A_k), bilinearly resized to the image.
   """
-  _check_images(images)
+  _check_images(images, spatial=True)
   targets = _resolve_targets(logit_fn, images, targets)
   found = layers(logit_fn, images)
   layer = layer or last_feature_layer(logit_fn, images)

@@ -50,19 +50,20 @@ def plot_overlay(page: Page, heat: np.ndarray, title: str, path: str,
 
 
 def plot_leads(leads: Mapping[str, Any], title: str, path: str,
-               contrast: Mapping[str, Any] | None = None) -> None:
+               contrast: Mapping[str, Any] | None = None,
+               density_label: str = "attribution density\n(1 = page average)") -> None:
   """Bar charts per lead, in report order: attribution density (1 = the image's average), then,
   where `leads` has it, attribution per unit of the lead's own ink (1 = the median lead), then,
   given `contrast` (`explain_pages`' record), each lead's signed contribution in logits to the
-  predicted class against the runner-up."""
+  predicted class against the runner-up. `density_label`: the first chart's axis label (a signal
+  model's density is relative to the shown signal, `signals.per_lead_signals`)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   names = [*layout_lib.LEADS, layout_lib.RHYTHM]
   names += [n for n in leads["density"] if n not in names]
-  panels = [("density", leads["density"], leads["ranking"][:3],
-             "attribution density\n(1 = page average)", 1.0)]
+  panels = [("density", leads["density"], leads["ranking"][:3], density_label, 1.0)]
   if "ink_relative" in leads:
     panels.append(("per ink", leads["ink_relative"], leads["ink_ranking"][:3],
                    "attribution per unit ink\n(1 = median lead)", 1.0))
