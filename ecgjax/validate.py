@@ -129,9 +129,17 @@ def _check_input(config, models, pipeline) -> None:
             "config.data.input='signals'")
     _fail("data.input", kind, f"model {config.model.name!r} reads {needed!r}; 'image+signals' is "
           "for a fused model with page and signal backbones")
-  if kind == "signals" and config.data.augment:
-    _fail("data.augment", config.data.augment, "the augmentation ops act on page images; use '' "
-          "with config.data.input='signals'")
+  from ecgjax.data import augment  # pylint: disable=g-import-not-at-top
+  try:
+    on_signals = augment.parse(config.data.augment).on_signals
+  except ValueError:
+    on_signals = None  # `check` reports the spec itself.
+  if kind == "signals" and on_signals is False and config.data.augment:
+    _fail("data.augment", config.data.augment, "these ops act on page images; a signal run takes "
+          "signal ops (amplitude, lead_amplitude, time_shift, signal_noise, drop_leads) or ''")
+  if kind != "signals" and on_signals:
+    _fail("data.augment", config.data.augment, "these ops act on digitized leads; a page-image "
+          f"run (config.data.input={kind!r}) takes page ops (rotate, scale, translate, ...)")
   if kind != "signals" and config.dataset.name == "ecg_signals_sim":
     _fail("dataset.name", config.dataset.name, "it holds signals only; set "
           "config.data.input='signals' and a signal model")

@@ -52,6 +52,9 @@ _SHARED_INPUT = {"data.image_size": (256, 448), **ECG_INPUT}
 _SMOKE_INPUT = dict(ECG_INPUT)
 
 AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)"
+# The digitized leads' variation between pages: the print's gain, the time origin (up to 0.1 s),
+# the digitizer's error around the trace, and an unread lead.
+SIGNAL_AUGMENT = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(0.1)"
 
 ABLATIONS: dict[str, Ablation] = {
     a.name: a for a in (
@@ -142,6 +145,13 @@ ABLATIONS: dict[str, Ablation] = {
                              "fusion.workdirs.signals": "signals"},
                       overrides={"model.method": "mean_probs", "train.num_epochs": 1})),
             config="configs/default.py"),
+        Ablation(
+            "signal_augmentation",
+            "Augmenting the signal model's digitized leads (the page's gain, the time origin, "
+            "noise around the trace, an unread lead) against none.",
+            arms=(Arm("none", {"data.augment": ""}),
+                  Arm("augment", {"data.augment": SIGNAL_AUGMENT})),
+            config="configs/signals.py"),
         Ablation(
             "pretraining",
             "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "

@@ -59,8 +59,15 @@ def _close_to(out: np.ndarray, reference: np.ndarray, mean: float, p99: float) -
 # -- the registry and the spec ------------------------------------------------------------------
 
 
+SIGNAL_AUGMENTATIONS = {
+    "amplitude": "amplitude(0.2)", "lead_amplitude": "lead_amplitude(0.2)",
+    "time_shift": "time_shift(0.02)", "signal_noise": "signal_noise(0.05)",
+    "drop_leads": "drop_leads(0.5)",
+}
+
+
 def test_every_augmentation_is_registered_and_no_flip():
-  assert set(AUGMENTATIONS) == set(augment.available())
+  assert set(AUGMENTATIONS) | set(SIGNAL_AUGMENTATIONS) == set(augment.available())
   assert not [name for name in augment.available() if "flip" in name]
   assert augment.MAX_ROTATION_DEGREES <= 10
 
@@ -259,3 +266,79 @@ def test_noise_has_the_drawn_standard_deviation():
   assert abs(residual.mean()) < 0.2
   assert stds.min() >= 0 and stds.max() <= 20.5
   assert 7 < stds.mean() < 13  # Uniform in [0, 20]: mean 10.
+
+
+# -- signal ops: the digitized leads (B, T, 13) in mV, each lead 0 outside its window --------------
+
+
+def _leads(batch: int = 8, n: int = 400) -> np.ndarray:
+  rng = np.random.default_rng(3)
+  x = np.zeros((batch, n, 13), np.float32)
+  quarter = n // 4
+  for k in range(12):  # Lead k shown in its quarter of the record, as on the page.
+    start = (k // 3) * quarter
+    x[:, start:start + quarter, k] = rng.normal(0, 0.5, (batch, quarter))
+  x[:, :, 12] = rng.normal(0, 0.5, (batch, n))  # The rhythm strip: all 10 s.
+  return x
+
+
+def _apply(spec: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
+  return np.asarray(jax.jit(augment.parse(spec).apply)(jnp.asarray(x), jax.random.key(seed)))
+
+
+def test_signal_amplitude_scales_every_lead_by_one_factor():
+  x = _leads()
+  y = _apply("amplitude(0.2)", x)
+  ratio = y[x != 0] / x[x != 0]
+  per_example = (y / np.where(x == 0, np.nan, x)).reshape(len(x), -1)
+  assert np.nanmax(per_example, 1) - np.nanmin(per_example, 1) == pytest.approx(0, abs=1e-5)
+  assert 0.8 - 1e-6 <= ratio.min() and ratio.max() <= 1.2 + 1e-6 and ratio.std() > 0.01
+  lead = _apply("lead_amplitude(0.2)", x)
+  factors = np.nanmedian(lead / np.where(x == 0, np.nan, x), axis=1)  # (B, 13)
+  assert np.all(np.abs(factors - 1) <= 0.2 + 1e-6) and np.std(factors, axis=1).min() > 0.01
+
+
+def test_signal_time_shift_moves_all_channels_together_by_whole_samples():
+  x = _leads()
+  y = _apply("time_shift(0.05)", x)
+  shifts = []
+  for b in range(len(x)):
+    found = [k for k in range(-20, 21)
+             if np.array_equal(y[b], np.roll(x[b], k, axis=0) * _inside(len(x[b]), k)[:, None])]
+    assert len(found) == 1, b
+    shifts.append(found[0])
+  assert len(set(shifts)) > 1 and max(map(abs, shifts)) <= 0.05 * x.shape[1]
+
+
+def _inside(n: int, k: int) -> np.ndarray:
+  index = np.arange(n) - k
+  return ((index >= 0) & (index < n)).astype(np.float32)
+
+
+def test_signal_noise_leaves_the_unshown_zeros_and_has_the_drawn_size():
+  x = _leads(batch=4, n=4000)
+  y = _apply("signal_noise(0.1)", x)
+  assert np.array_equal(y[x == 0], x[x == 0])
+  std = (y - x).reshape(4, -1)[:, (x != 0).reshape(4, -1)[0]].std(axis=1)
+  assert 0 < std.min() and std.max() <= 0.1 * 1.05
+
+
+def test_drop_leads_zeroes_whole_leads_never_the_rhythm_strip():
+  x = _leads(batch=32)
+  y = _apply("drop_leads(0.5)", x)
+  kept = np.all(y == x, axis=1)  # (B, 13)
+  dropped = np.all(y == 0, axis=1) & np.any(x != 0, axis=1)
+  assert np.all(kept | dropped) and kept[:, 12].all()
+  assert 0.3 < dropped[:, :12].mean() < 0.7
+  assert np.all(_apply("drop_leads(1.0)", x)[..., :12] == 0)
+
+
+def test_signal_ops_and_page_ops_do_not_mix():
+  with pytest.raises(ValueError, match="mixes page ops and signal ops"):
+    augment.parse("rotate(2)|amplitude(0.1)")
+  with pytest.raises(ValueError, match="act on signals"):
+    augment.parse("amplitude(0.1)").apply(jnp.zeros((1, 8, 8, 1)), jax.random.key(0))
+  with pytest.raises(ValueError, match="act on page images"):
+    augment.parse("rotate(2)").apply(jnp.zeros((1, 8, 13)), jax.random.key(0))
+  for spec in SIGNAL_AUGMENTATIONS.values():
+    assert augment.parse(spec).on_signals and not augment.parse("rotate(2)").on_signals

@@ -12,6 +12,13 @@ consecutive ones are multiplied into one map and the image is resampled once (bi
 paper colour seen at the image's edge filled in where the page moved away, never black. Photometric
 ops (brightness, contrast, blur, noise) act on the float image and clip to 0..255.
 
+Signal ops (amplitude, lead_amplitude, time_shift, signal_noise, drop_leads) act instead on the
+digitized leads of a signal model (`config.data.input='signals'`: float32 (B, T, 13) in mV, each
+lead 0 outside the 2.5 s the page shows it): what varies between real pages after digitization is
+the gain of the print and scan, where the digitizer places the time origin, its error around the
+trace, and a lead it could not read (0, as an unread lead is). A spec is either page ops or signal
+ops; `Augmentation.apply` refuses a mixture for the input it is given.
+
 Augmentation respects what an ECG page is: there is deliberately no horizontal flip (it reverses
 time) and no vertical flip (it inverts voltage), and rotation is capped at `MAX_ROTATION_DEGREES`.
 
@@ -363,6 +370,88 @@ class Noise(PhotometricOp):
     return jnp.clip(images + noise * std[:, None, None, None], 0.0, 255.0)
 
 
+class SignalOp(Op):
+  """An op on digitized leads: (B, T, C) float32 in mV in, the same out (`data.input='signals'`)."""
+
+  def __call__(self, signals: jax.Array, draws: jax.Array, key: jax.Array) -> jax.Array:
+    out = self._apply(signals, draws[:, 1:], key)
+    return jnp.where(self._gate(draws)[:, None, None], out, signals)
+
+  def _apply(self, signals, draws, key):
+    raise NotImplementedError
+
+
+@register("amplitude")
+@dataclasses.dataclass(frozen=True)
+class Amplitude(SignalOp):
+  """Every lead scaled by one factor uniform in [1 - max_fraction, 1 + max_fraction]: the page's
+  gain (the print and scan scale, the digitizer's reading of the 1 mV pulse)."""
+  max_fraction: float = 0.0
+  bounds = (0.0, 0.9)  # Of max_fraction.
+
+  def _apply(self, signals, draws, key):
+    return signals * (1.0 + _between(draws[:, 0], -self.max_fraction, self.max_fraction))[
+        :, None, None]
+
+
+@register("lead_amplitude")
+@dataclasses.dataclass(frozen=True)
+class LeadAmplitude(SignalOp):
+  """Each channel scaled by its own factor uniform in [1 - max_fraction, 1 + max_fraction]."""
+  max_fraction: float = 0.0
+  bounds = (0.0, 0.9)  # Of max_fraction.
+
+  def _apply(self, signals, draws, key):
+    factor = 1.0 + _between(jax.random.uniform(key, (signals.shape[0], signals.shape[2])),
+                            -self.max_fraction, self.max_fraction)
+    return signals * factor[:, None, :]
+
+
+@register("time_shift")
+@dataclasses.dataclass(frozen=True)
+class TimeShift(SignalOp):
+  """All channels moved together in time by up to `max_fraction` of the record (whole samples),
+  zeros shifted in: the digitizer's time origin, off by a little."""
+  max_fraction: float = 0.0
+  bounds = (0.0, 0.25)  # Of max_fraction.
+
+  def _apply(self, signals, draws, key):
+    n = signals.shape[1]
+    shift = jnp.round(_between(draws[:, 0], -self.max_fraction, self.max_fraction) * n)
+    source = jnp.arange(n)[None, :] - shift[:, None].astype(jnp.int32)  # (B, T)
+    inside = (source >= 0) & (source < n)
+    taken = jnp.take_along_axis(signals, jnp.clip(source, 0, n - 1)[:, :, None], axis=1)
+    return jnp.where(inside[:, :, None], taken, 0.0)
+
+
+@register("signal_noise")
+@dataclasses.dataclass(frozen=True)
+class SignalNoise(SignalOp):
+  """Gaussian noise of standard deviation uniform in [0, max_mv] mV on the shown samples only (a
+  lead's zeros outside its window stay zero): the digitizer's error around the trace."""
+  max_mv: float = 0.0
+  bounds = (0.0, 1.0)  # Of max_mv.
+
+  def _apply(self, signals, draws, key):
+    std = _between(draws[:, 0], 0.0, self.max_mv)[:, None, None]
+    noise = jax.random.normal(key, signals.shape, jnp.float32) * std
+    return signals + jnp.where(signals != 0, noise, 0.0)
+
+
+@register("drop_leads")
+@dataclasses.dataclass(frozen=True)
+class DropLeads(SignalOp):
+  """Each of the twelve leads (not the rhythm strip, the last channel) set to 0 with probability
+  `rate`: a lead the digitizer could not read."""
+  rate: float = 0.0
+  bounds = (0.0, 1.0)  # Of rate.
+
+  def _apply(self, signals, draws, key):
+    drop = jax.random.uniform(key, (signals.shape[0], signals.shape[2])) < self.rate
+    drop = drop.at[:, -1].set(False)
+    return jnp.where(drop[:, None, :], 0.0, signals)
+
+
 # Defaults of `p` per op, as a spec leaves it out: blur acts on half the pages, the rest on all.
 _DEFAULT_P = {"blur": 0.5}
 
@@ -375,9 +464,19 @@ class Augmentation:
   def __bool__(self) -> bool:
     return bool(self.ops)
 
+  @property
+  def on_signals(self) -> bool:
+    """Whether the ops act on digitized leads (signal ops) rather than on page images."""
+    return bool(self.ops) and isinstance(self.ops[0], SignalOp)
+
   def apply(self, images: jax.Array, key: jax.Array) -> jax.Array:
-    """Augments a (B, H, W, C) batch (uint8 or float on 0..255); returns float32 on 0..255."""
+    """Augments a (B, H, W, C) batch (uint8 or float on 0..255), returning float32 on 0..255, or
+    with signal ops a (B, T, C) batch of leads in mV, returning float32 mV."""
     out = images.astype(jnp.float32)
+    if self.on_signals != (images.ndim == 3):
+      raise ValueError(f"Augmentation ops {[op.name for op in self.ops]} act on "
+                       f"{'signals (B, T, C)' if self.on_signals else 'page images (B, H, W, C)'}"
+                       f", not on inputs of shape {images.shape}.")
     hw = images.shape[1:3]
     batch = images.shape[0]
     widths = [1 + op.num_draws for op in self.ops]
@@ -413,4 +512,8 @@ def parse(spec: str | None) -> Augmentation:
       ops.append(cls(**kwargs))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{context}: {e}") from e
+  if len({isinstance(op, SignalOp) for op in ops}) > 1:
+    raise ValueError(f"{context}: mixes page ops and signal ops "
+                     f"({', '.join(op.name for op in ops if isinstance(op, SignalOp))}); a run "
+                     "augments either its page images or its digitized leads.")
   return Augmentation(tuple(ops))
