@@ -38,9 +38,11 @@ EXTRAS_REQUIRE = {
     # ecgjax.convert_keras (Keras files -> a run directory) and its tests, and
     # experiments/benchmark.py's Keras side.
     "keras": ["tensorflow-cpu>=2.21.0", "keras>=3.15.1"],
-    # The test suite: both extras above, since it tests them too.
+    # WFDB records from `python -m ecgjax.digitize --wfdb` (PhysioNet's reader and writer).
+    "wfdb": ["wfdb>=4.3.1"],
+    # The test suite: the extras above, since it tests them too.
     "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "dill>=0.4.1", "tensorflow-cpu>=2.21.0",
-             "tensorboard>=2.21.0", "keras>=3.15.1"],
+             "tensorboard>=2.21.0", "keras>=3.15.1", "wfdb>=4.3.1"],
 }
 
 setup(

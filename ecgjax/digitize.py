@@ -29,7 +29,8 @@ Also here: the checks of a digitization, `snr_db` and `pearson_r` against a know
 pages) and `einthoven_residuals` where no truth exists (III = II - I in the first column,
 aVR + aVL + aVF = 0 in the second), and `python -m ecgjax.digitize PAGES... --out DIR`, which writes
 a CSV per page (time_s, the 12 leads, rhythm; empty where NaN) and a PNG of the traces drawn over
-the page. WFDB output is not written (the `wfdb` package is not installed here).
+the page, and with `--wfdb` a WFDB record (`write_wfdb`, through PhysioNet's `wfdb` package, the
+`wfdb` extra).
 
 Not for: pages of other layouts (6 x 2, other speeds or gains: the layout is assumed, only its
 position, scale and rotation are measured), perspective-distorted photographs, or coloured traces.
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -676,6 +678,33 @@ def write_csv(d: Digitized, path: str) -> None:
       f.write(",".join("" if np.isnan(v) else f"{v:.4f}" for v in row) + "\n")
 
 
+WFDB_EXTRA = "pip install 'ecgjax[wfdb]'"
+
+
+def write_wfdb(d: Digitized, out_dir: str, name: str) -> str:
+  """Writes `d` as a WFDB record (PhysioNet's `wfdb` package): `<record>.hea` and `<record>.dat`.
+
+  Thirteen signals at `d.fs`: the 12 leads in `LEADS` order and the rhythm strip ("rhythm"), in mV,
+  format 16 at 1000 units per mV (1 uV steps, +-32 mV); NaN (outside a lead's window, unread) is
+  WFDB's invalid sample, so `wfdb.rdrecord(...).p_signal` gives it back as NaN. `record` is `name`
+  with every character WFDB does not allow in a record name replaced by '_' (MI(1) -> MI_1_).
+  Returns the record's path without extension. Needs the `wfdb` extra.
+  """
+  try:
+    import wfdb  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"Writing WFDB records needs the wfdb package: {WFDB_EXTRA}.") from e
+  record = re.sub(r"[^A-Za-z0-9_]", "_", name) or "record"
+  signal = np.concatenate([d.signals, d.rhythm[None]], 0).T.astype(np.float64)
+  signal = np.clip(signal, -32.0, 32.0)  # NaN stays NaN.
+  channels = signal.shape[1]
+  wfdb.wrsamp(record, fs=d.fs, units=["mV"] * channels, sig_name=[*d.leads, "rhythm"],
+              p_signal=signal, fmt=["16"] * channels, adc_gain=[1000.0] * channels,
+              baseline=[0] * channels, write_dir=out_dir,
+              comments=[f"digitized by ecgjax from {os.path.basename(d.source) or name}"])
+  return os.path.join(out_dir, record)
+
+
 def plot_overlay(d: Digitized, page: np.ndarray, path: str) -> None:
   """A PNG of the digitized traces (red) drawn over the page, for a person to check."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -711,6 +740,8 @@ def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", None, "Output directory (created).", required=True)
   flags.DEFINE_bool("plot", True, "Also write <name>.png, the traces over the page.")
+  flags.DEFINE_bool("wfdb", False, "Also write a WFDB record per page (<name>.hea and .dat, "
+                    f"non-alphanumeric characters as '_'); needs the wfdb extra ({WFDB_EXTRA}).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -719,6 +750,11 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError("Name at least one page image.")
   f = flags.FLAGS
+  if f.wfdb:
+    try:
+      import wfdb  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      sys.exit(f"--wfdb needs the wfdb package: {WFDB_EXTRA}.")
   os.makedirs(f.out, exist_ok=True)
   failed = []
   for path in argv[1:]:
@@ -734,6 +770,8 @@ def main(argv: Sequence[str]) -> None:
     d = dataclasses.replace(d, source=path)
     stem = os.path.join(f.out, os.path.splitext(os.path.basename(path))[0])
     write_csv(d, stem + ".csv")
+    if f.wfdb:
+      write_wfdb(d, f.out, os.path.basename(stem))
     if f.plot:
       plot_overlay(d, rgb, stem + ".png")
     limb, aug = einthoven_residuals(d)

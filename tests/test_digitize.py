@@ -193,6 +193,24 @@ def test_command_line_writes_csv_and_plot(tmp_path):
   assert (tmp_path / "out" / "page.png").stat().st_size > 10_000
 
 
+def test_command_line_writes_wfdb_records_that_read_back(tmp_path):
+  import wfdb  # pylint: disable=g-import-not-at-top
+  _, page, _, d = _synthetic(*SYNTH_PAGES[2])
+  path = tmp_path / "MI(1).png"  # Not a WFDB record name: written as MI_1_.
+  Image.fromarray(page).save(path)
+  command = [sys.executable, "-m", "ecgjax.digitize", str(path), "--out", str(tmp_path / "out"),
+             "--noplot", "--wfdb"]
+  subprocess.run(command, check=True, cwd=pathlib.Path(__file__).resolve().parents[1],
+                 capture_output=True)
+  record = wfdb.rdrecord(str(tmp_path / "out" / "MI_1_"))
+  assert record.fs == 500 and record.sig_name == [*LEADS, "rhythm"] and record.units[0] == "mV"
+  written = np.concatenate([d.signals, d.rhythm[None]], 0).T
+  # NaN outside each lead's window (and where unread) comes back as NaN; the rest to 1 uV.
+  np.testing.assert_array_equal(np.isnan(record.p_signal), np.isnan(written))
+  np.testing.assert_allclose(record.p_signal, written, atol=6e-4)
+  assert "MI(1).png" in record.comments[0]
+
+
 def test_command_line_names_bad_files_and_reads_the_rest(tmp_path):
   _, page, _, _ = _synthetic(*SYNTH_PAGES[2])
   Image.fromarray(page).save(tmp_path / "page.png")
