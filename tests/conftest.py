@@ -30,23 +30,33 @@ def smoke_config(tfds_data_dir):
   return config
 
 
-@pytest.fixture(scope="session")
-def smoke_run_dir(tmp_path_factory):
-  """A run directory as training leaves it: the smoke config and one checkpoint (untrained)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
+def write_untrained_run(path: str, config, variables) -> str:
+  """A run directory as training leaves it: `config` and one checkpoint holding `variables`."""
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
-  from ecgjax import models  # pylint: disable=g-import-not-at-top
-  path = str(tmp_path_factory.mktemp("run"))
-  config = default.get_config("smoke")
   checkpoints.write_config(config, path)
-  model = models.create_model(config.model)
-  channels = 1 if config.data.grayscale else 3
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))
   state = {"params": variables["params"], "ema_params": variables["params"],
            "eval_batch_stats": variables["batch_stats"]}
   manager = checkpoints.make_manager(path)
   checkpoints.save(manager, 1, state, None)
   manager.close()
   return path
+
+
+@pytest.fixture(scope="session")
+def run_writer():
+  """`write_untrained_run`, for test modules (conftest is not importable from them)."""
+  return write_untrained_run
+
+
+@pytest.fixture(scope="session")
+def smoke_run_dir(tmp_path_factory):
+  """A run directory as training leaves it: the smoke config and one checkpoint (untrained)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ecgjax import models  # pylint: disable=g-import-not-at-top
+  config = default.get_config("smoke")
+  model = models.create_model(config.model)
+  channels = 1 if config.data.grayscale else 3
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))
+  return write_untrained_run(str(tmp_path_factory.mktemp("run")), config, variables)

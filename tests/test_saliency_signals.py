@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from configs import signals as signals_config
-from ecgjax import checkpoints
 from ecgjax import digitize
 from ecgjax import models
 from ecgjax import saliency
@@ -144,12 +143,10 @@ def test_overlay_is_drawn_and_explains_the_leads_read(synthetic_page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def signal_run_dir(tmp_path_factory):
+def signal_run_dir(tmp_path_factory, run_writer):
   """An untrained signal run (configs/signals.py:smoke, one checkpoint), as conftest's
   `smoke_run_dir` is for the image smoke model."""
-  path = str(tmp_path_factory.mktemp("signal_run"))
   config = signals_config.get_config("smoke")
-  checkpoints.write_config(config, path)
   model = models.create_model(config.model)
   shape = (1, digitized.NUM_SAMPLES * config.data.signal_hz // digitized.FS, digitized.CHANNELS)
   # Random weights of the right shapes: compiling `model.init` would take seconds, and the command
@@ -160,12 +157,7 @@ def signal_run_dir(tmp_path_factory):
       lambda path, s: np.full(s.shape, unit[path[-1].key], s.dtype) if path[-1].key in unit
       else (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(s.dtype),
       jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape)))
-  state = {"params": variables["params"], "ema_params": variables["params"],
-           "eval_batch_stats": variables["batch_stats"]}
-  manager = checkpoints.make_manager(path)
-  checkpoints.save(manager, 1, state, None)
-  manager.close()
-  return path
+  return run_writer(str(tmp_path_factory.mktemp("signal_run")), config, variables)
 
 
 def test_command_explains_a_signal_run_and_names_bad_files(signal_run_dir, tmp_path):

@@ -10,6 +10,7 @@ the command line (`__main__`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,59 @@ from ecgjax.saliency.leads import heat_map, ink, per_lead
 from ecgjax.saliency.pages import Page, page_from_example
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(logit_fn: LogitFn, x: jax.Array) -> jax.Array:
+  return logit_fn(x)  # One compiled program: an un-jitted Flax apply runs op by op (seconds).
+
+
+def attribute_pages(logit_fn: LogitFn, inputs: Sequence[np.ndarray], *, method: str,
+                    baseline: float, seed: int = 0, pages_per_call: int = 4,
+                    contrast_steps: int = 0, prepare=None, **options):
+  """The predicted class of each input explained, `pages_per_call` inputs per call.
+
+  Every call has the same shape (the last input repeats), so the method compiles once; input i's
+  noise is keyed by (seed, i // pages_per_call, i % pages_per_call). `prepare` maps a stacked group
+  to the model's input (e.g. `pipeline.normalize` for uint8 pages); `options` go to
+  `attribution.attribute`. Integrated Gradients starts from `baseline`; with `contrast_steps > 0`,
+  Integrated Gradients of logit[predicted] - logit[runner-up] from it too.
+
+  Returns (probabilities (N, classes), attributions (N, ...), completeness (N, 2) or None,
+  contrast attributions or None, their completeness or None), as float64/NumPy.
+  """
+  prepare = prepare or (lambda x: jnp.asarray(x, jnp.float32))
+  key = jax.random.key(seed)
+  probs, attributions, gaps, contrasts, contrast_gaps = [], [], [], [], []
+  for start in range(0, len(inputs), pages_per_call):
+    group = list(inputs[start:start + pages_per_call])
+    group += [group[-1]] * (pages_per_call - len(group))  # Same shape every call: one compile.
+    x = prepare(jnp.asarray(np.stack(group)))
+    logits = np.asarray(_logits(logit_fn, x), np.float64)
+    targets = jnp.asarray(logits.argmax(-1), jnp.int32)
+    attr = attribute(method, logit_fn, x, targets,
+                     key=jax.random.fold_in(key, start // pages_per_call), baseline=baseline,
+                     **options)
+    if method == "integrated_gradients":
+      gaps.append(np.stack(completeness(logit_fn, x, attr, targets, baseline), axis=-1))
+    probs.append(report.softmax(logits, axis=-1))
+    attributions.append(np.asarray(attr))
+    if contrast_steps > 0:
+      pair = contrast_targets(targets, np.argsort(logits, axis=-1)[:, -2], logits.shape[-1])
+      contrast = Contrast(logit_fn)
+      attr = integrated_gradients(contrast, x, pair, baseline=baseline, steps=contrast_steps,
+                                  chunk_size=int(options.get("chunk_size", 16)))
+      contrasts.append(np.asarray(attr))
+      contrast_gaps.append(np.stack(completeness(contrast, x, attr, pair, baseline), axis=-1))
+  num = len(inputs)
+
+  def joined(parts):
+    return np.concatenate(parts)[:num] if parts else None
+
+  return (joined(probs), joined(attributions), joined(gaps), joined(contrasts),
+          joined(contrast_gaps))
 
 
 def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, method: str,
@@ -60,35 +112,11 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
   lead_boxes = layout_lib.lead_boxes() if lead_boxes is None else lead_boxes
   os.makedirs(out_dir, exist_ok=True)
   baseline = float(value_range[1])
-  key = jax.random.key(seed)
-  probs, attributions, gaps, contrasts, contrast_gaps = [], [], [], [], []
-  for start in range(0, len(pages), pages_per_call):
-    group = [p.image for p in pages[start:start + pages_per_call]]
-    group += [group[-1]] * (pages_per_call - len(group))  # Same shape every call: one compile.
-    images = pipeline.normalize(jnp.asarray(np.stack(group)), value_range)
-    logits = np.asarray(logit_fn(images), np.float64)
-    targets = jnp.asarray(logits.argmax(-1), jnp.int32)
-    attr = attribute(method, logit_fn, images, targets,
-                     key=jax.random.fold_in(key, start // pages_per_call), baseline=baseline,
-                     **options)
-    if method == "integrated_gradients":
-      gaps.append(np.stack(completeness(logit_fn, images, attr, targets, baseline), axis=-1))
-    probs.append(report.softmax(np.asarray(logits, np.float64), axis=-1))
-    attributions.append(np.asarray(attr))
-    if contrast_steps > 0:
-      pair = contrast_targets(targets, np.argsort(logits, axis=-1)[:, -2], logits.shape[-1])
-      contrast = Contrast(logit_fn)
-      attr = integrated_gradients(contrast, images, pair, baseline=baseline, steps=contrast_steps,
-                                  chunk_size=int(options.get("chunk_size", 16)))
-      contrasts.append(np.asarray(attr))
-      contrast_gaps.append(np.stack(completeness(contrast, images, attr, pair, baseline), axis=-1))
-  num = len(pages)
-  probs = np.concatenate(probs)[:num]
+  probs, attributions, gaps, contrasts, contrast_gaps = attribute_pages(
+      logit_fn, [p.image for p in pages], method=method, baseline=baseline, seed=seed,
+      pages_per_call=pages_per_call, contrast_steps=contrast_steps,
+      prepare=lambda x: pipeline.normalize(x, value_range), **options)
   predicted = probs.argmax(-1)
-  attributions = np.concatenate(attributions)[:num]
-  gaps = np.concatenate(gaps)[:num] if gaps else None
-  contrasts = np.concatenate(contrasts)[:num] if contrasts else None
-  contrast_gaps = np.concatenate(contrast_gaps)[:num] if contrast_gaps else None
 
   records, written = [], []
   for i, page in enumerate(pages):
@@ -107,7 +135,7 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
     true = CLASS_NAMES[page.label] if page.label is not None else "unknown"
     title = (f"{page.name} ({method})\npredicted {pred} (p={probs[i, predicted[i]]:.2f}), "
              f"true {true}" + (f" (p={probs[i, page.label]:.2f})" if page.label is not None else ""))
-    stem = os.path.join(out_dir, f"{i:02d}_{_safe_name(page.name)[:40]}_{method}")
+    stem = os.path.join(out_dir, f"{i:02d}_{safe_name(page.name)[:40]}_{method}")
     overlay, bars = stem + "_overlay.png", stem + "_leads.png"
     plot_overlay(page, heat_map(attributions[i]), title, overlay, lead_boxes)
     plot_leads(leads, title, bars, contrast)

@@ -24,24 +24,20 @@ Not here: the attribution maths (`attribution`), the digitizer, the model.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ecgjax import digitize as digitize_lib
-from ecgjax import report
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import digitized as digitized_lib
 from ecgjax.data.layout import LEAD_GRID, LEADS, RHYTHM
 from ecgjax.data.panel import read_rgb
-from ecgjax.saliency.attribution import (
-    Contrast, LogitFn, attribute, completeness, contrast_targets, integrated_gradients)
+from ecgjax.saliency.attribution import LogitFn
+from ecgjax.saliency.explain import safe_name, attribute_pages
 from ecgjax.saliency.figures import plot_leads
 
 # The attribution methods that apply to signals (Grad-CAM needs (B, h, w, c) feature maps).
@@ -228,15 +224,6 @@ def plot_signal_overlay(page: SignalPage, attributions: np.ndarray, title: str, 
   plt.close(fig)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(logit_fn: LogitFn, x: jax.Array) -> jax.Array:
-  return logit_fn(x)  # One compiled program: an un-jitted Flax apply runs op by op (seconds).
-
-
-def _safe_name(name: str) -> str:
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def explain_signal_pages(logit_fn: LogitFn, pages: Sequence[SignalPage], out_dir: str, *,
                          method: str = "integrated_gradients", seed: int = 0,
                          pages_per_call: int = 4, contrast_steps: int = 0,
@@ -257,35 +244,10 @@ def explain_signal_pages(logit_fn: LogitFn, pages: Sequence[SignalPage], out_dir
   if method not in SIGNAL_METHODS:
     raise ValueError(f"{method!r} does not apply to a signal model; use one of {SIGNAL_METHODS}.")
   os.makedirs(out_dir, exist_ok=True)
-  key = jax.random.key(seed)
-  probs, attributions, gaps, contrasts, contrast_gaps = [], [], [], [], []
-  for start in range(0, len(pages), pages_per_call):
-    group = [p.signals for p in pages[start:start + pages_per_call]]
-    group += [group[-1]] * (pages_per_call - len(group))  # Same shape every call: one compile.
-    x = jnp.asarray(np.stack(group), jnp.float32)
-    logits = np.asarray(_logits(logit_fn, x), np.float64)
-    targets = jnp.asarray(logits.argmax(-1), jnp.int32)
-    attr = attribute(method, logit_fn, x, targets,
-                     key=jax.random.fold_in(key, start // pages_per_call), baseline=BASELINE,
-                     **options)
-    if method == "integrated_gradients":
-      gaps.append(np.stack(completeness(logit_fn, x, attr, targets, BASELINE), axis=-1))
-    probs.append(report.softmax(logits, axis=-1))
-    attributions.append(np.asarray(attr))
-    if contrast_steps > 0:
-      pair = contrast_targets(targets, np.argsort(logits, axis=-1)[:, -2], logits.shape[-1])
-      contrast = Contrast(logit_fn)
-      attr = integrated_gradients(contrast, x, pair, baseline=BASELINE, steps=contrast_steps,
-                                  chunk_size=int(options.get("chunk_size", 16)))
-      contrasts.append(np.asarray(attr))
-      contrast_gaps.append(np.stack(completeness(contrast, x, attr, pair, BASELINE), axis=-1))
-  num = len(pages)
-  probs = np.concatenate(probs)[:num]
+  probs, attributions, gaps, contrasts, contrast_gaps = attribute_pages(
+      logit_fn, [p.signals for p in pages], method=method, baseline=BASELINE, seed=seed,
+      pages_per_call=pages_per_call, contrast_steps=contrast_steps, **options)
   predicted = probs.argmax(-1)
-  attributions = np.concatenate(attributions)[:num]
-  gaps = np.concatenate(gaps)[:num] if gaps else None
-  contrasts = np.concatenate(contrasts)[:num] if contrasts else None
-  contrast_gaps = np.concatenate(contrast_gaps)[:num] if contrast_gaps else None
   hz = pages[0].signals.shape[0] * digitized_lib.FS // digitized_lib.NUM_SAMPLES
 
   records, written = [], []
@@ -306,7 +268,7 @@ def explain_signal_pages(logit_fn: LogitFn, pages: Sequence[SignalPage], out_dir
     title = (f"{page.name} (signal model, {method})\npredicted {pred} "
              f"(p={probs[i, predicted[i]]:.2f}), true {true}"
              + (f" (p={probs[i, page.label]:.2f})" if page.label is not None else ""))
-    stem = os.path.join(out_dir, f"{i:02d}_{_safe_name(page.name)[:40]}_{method}")
+    stem = os.path.join(out_dir, f"{i:02d}_{safe_name(page.name)[:40]}_{method}")
     overlay, bars = stem + "_overlay.png", stem + "_leads.png"
     plot_signal_overlay(page, attributions[i], title, overlay, leads, hz)
     plot_leads(leads, title, bars, contrast, density_label="attribution density\n(1 = average "
