@@ -171,3 +171,28 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
   Image.fromarray(synth.render(synth.simulate("mi", 3), 3)).save(page)
   (result,) = predict.predict_files(fused_dir, [page])
   assert "error" not in result and result["note"].endswith("whole page digitized")
+
+
+def test_the_signal_model_as_a_fourth_backbone():
+  from configs import fusion  # pylint: disable=g-import-not-at-top
+  from ecgjax import models  # pylint: disable=g-import-not-at-top
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  config = fusion.get_config("cnn,mobilenet_v2,vgg16,signals,smoke")
+  assert set(config.model.backbones) == {"cnn", "mobilenet_v2", "vgg16", "signals"}
+  assert set(config.fusion.workdirs) == set(config.model.backbones)
+  assert config.data.input == "image+signals" and config.model.backbones.signals.name == "resnet1d"
+  validate.check(config)
+  model = models.create_model(config.model, backbones=config.model.backbones.to_dict())
+  inputs = {"image": jnp.zeros((2, *config.data.image_size, 1)),
+            "signals": jnp.zeros((2, 1250, 13))}
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, inputs))
+  assert {f"backbone_{k}" for k in config.model.backbones} <= set(variables["params"])
+  logits = jax.eval_shape(lambda v: model.apply(v, inputs), variables)
+  assert logits.shape == (2, NUM_CLASSES)
+  assert fusion.get_config("default,signals").data.input == "image+signals"
+  assert fusion.get_config().data.input == "image"
+  with pytest.raises(ValueError, match="two or more backbones"):
+    fusion.get_config("signals")
+  with pytest.raises(ValueError, match="Unknown config argument"):
+    fusion.get_config("cnn,resnet")
