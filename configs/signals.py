@@ -37,7 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.num_epochs = 60
   config.train.learning_rate = 3e-3
   config.train.weight_decay = 1e-4
-  config.saliency.num_pages = 0  # Saliency maps are drawn on page images.
+  # Maps of the first test pages, drawn on their digitized traces (ecgjax/saliency/signals.py);
+  # Grad-CAM is for page models.
+  config.saliency.method = "integrated_gradients"
   if arg == "pretrain":
     config.dataset.name = "ecg_signals_sim"
     config.dataset.config = "large"  # 4000 simulated recordings (about 2 min to simulate once).
@@ -48,7 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default.smoke(config)
     config.model.stem_width = 4
     config.model.widths = (4, 8)
-    config.saliency.num_pages = 0
   elif arg:
     raise ValueError(f"Unknown config argument {arg!r}; use 'smoke', 'pretrain' or nothing.")
   return config

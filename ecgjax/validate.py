@@ -114,9 +114,13 @@ def _check_input(config, models, pipeline) -> None:
       digitized.check_rate(config.data.signal_hz)
     except ValueError as e:
       raise ConfigError(str(e)) from e
-    if config.saliency.num_pages:
-      _fail("saliency.num_pages", config.saliency.num_pages, "saliency maps are drawn for "
-            f"page-image models; use 0 with config.data.input={kind!r}")
+    if config.saliency.num_pages and kind != "signals":
+      _fail("saliency.num_pages", config.saliency.num_pages, "a fused page and signal model has "
+            "no maps of its own (explain its backbones' runs); use 0")
+    from ecgjax.saliency.signals import SIGNAL_METHODS  # pylint: disable=g-import-not-at-top
+    if config.saliency.num_pages and config.saliency.method not in SIGNAL_METHODS:
+      _fail("saliency.method", config.saliency.method, "a signal run's maps are drawn on its "
+            f"digitized traces; use one of {', '.join(SIGNAL_METHODS)} (or saliency.num_pages=0)")
   if kind != needed:
     if config.model.name == "fusion":
       _fail("data.input", kind, f"the backbones of this fused model read {needed!r}; set "

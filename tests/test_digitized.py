@@ -89,7 +89,7 @@ def test_preprocess_needs_manual_dir_for_real_pages():
 @pytest.mark.parametrize("change, field", [
     ({"model.name": "cnn"}, "model.name"),
     ({"data.augment": "rotate(2)"}, "data.augment"),
-    ({"saliency.num_pages": 2}, "saliency.num_pages"),
+    ({"saliency.method": "grad_cam"}, "saliency.method"),
     ({"data.signal_hz": 300}, "signal_hz"),
     ({"data.input": "text"}, "data.input"),
     ({"data.input": "image"}, "model.name"),

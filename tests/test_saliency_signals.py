@@ -16,6 +16,7 @@ from PIL import Image
 
 from configs import signals as signals_config
 from ecgjax import digitize
+from ecgjax.classes import CLASS_NAMES
 from ecgjax import models
 from ecgjax import saliency
 from ecgjax.data import digitized
@@ -190,3 +191,24 @@ def test_command_explains_a_signal_run_and_names_bad_files(signal_run_dir, tmp_p
   for key in ("overlay", "lead_chart"):
     with Image.open(page[key]) as image:
       assert image.size[0] > 500
+
+
+def test_a_signal_run_writes_maps_of_its_first_test_pages(tfds_data_dir, tmp_path):
+  """Training ends with maps as for a page model: the pages behind the first test examples (here
+  synthetic pages rendered again from their seeds), explained on their digitized traces."""
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  config = signals_config.get_config("smoke")
+  config.dataset.name = "ecg_synth"
+  config.dataset.data_dir = tfds_data_dir
+  config.train.num_epochs = 1
+  report = train.train_and_evaluate(config, str(tmp_path / "run"))
+  maps = report["outputs"]["saliency"]
+  with open(maps["json"]) as f:
+    written = json.load(f)
+  assert written["method"] == "integrated_gradients" and written["input"] == "signals"
+  assert len(written["pages"]) == config.saliency.num_pages == len(maps["pages"])
+  for record in written["pages"]:
+    assert record["source"].startswith("synth:") and len(record["top_leads"]) == 3
+    assert record["true_class"] in CLASS_NAMES
+  for paths in maps["pages"]:
+    assert all(os.path.getsize(p) > 10_000 for p in paths.values())

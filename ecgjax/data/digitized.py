@@ -122,13 +122,26 @@ class Preprocess:
 
   def signals(self, source: str, label: int) -> np.ndarray:
     kind, _, rest = source.partition(":")
-    if kind in ("sim", "synth"):
-      _, _, seed = rest.rpartition(":")
-      seed = int(seed)
-      if kind == "sim":
-        return simulated_view(label, seed, self.hz)
+    if kind == "sim":
+      return simulated_view(label, int(rest.rpartition(":")[2]), self.hz)
+    page = self.page(source, label)
+    try:
+      return digitized_view(page, self.hz)
+    except Exception as e:
+      raise ValueError(f"{page if isinstance(page, str) else source}: cannot be digitized "
+                       f"({e}).") from e
+
+  def page(self, source: str, label: int) -> np.ndarray | str | None:
+    """The whole page an example was read from: the file's path under `manual_dir`
+    (`ecg_images`), the page rendered again from its seed (`ecg_synth`, an RGB array), or None for
+    a simulated record (`ecg_signals_sim`), which no page shows."""
+    kind, _, rest = source.partition(":")
+    if kind == "sim":
+      return None
+    if kind == "synth":
       from ecgjax.data import synth  # pylint: disable=g-import-not-at-top
-      return digitized_view(synth.render(synth.simulate(label, seed), seed), self.hz)
+      seed = int(rest.rpartition(":")[2])
+      return synth.render(synth.simulate(label, seed), seed)
     if self.manual_dir is None:
       raise ValueError(
           f"config.data.input='signals' digitizes the original pages of {self.dataset!r} (the data "
@@ -139,7 +152,4 @@ class Preprocess:
       raise FileNotFoundError(f"{path}: page {source!r} of {self.dataset!r} is not under "
                               f"config.dataset.manual_dir={self.manual_dir!r}; is it the folder the "
                               "data set was built from?")
-    try:
-      return digitized_view(path, self.hz)
-    except Exception as e:
-      raise ValueError(f"{path}: cannot be digitized ({e}).") from e
+    return path

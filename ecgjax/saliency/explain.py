@@ -20,11 +20,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ecgjax import report
 from ecgjax.classes import CLASS_NAMES
 from ecgjax.data import layout as layout_lib
 from ecgjax.data import pipeline
+from ecgjax.data.panel import read_rgb
 from ecgjax.saliency.attribution import (
     Contrast, LogitFn, attribute, completeness, contrast_targets, integrated_gradients)
 from ecgjax.saliency.figures import plot_leads, plot_overlay
@@ -176,6 +178,8 @@ def write_test_maps(workdir: str, source: pipeline.Source,
   loaded = checkpoints.load_model(workdir, config.eval.checkpoint)
   if jax.process_index() != 0:
     return {}
+  if config.data.get("input", "image") == "signals":
+    return _write_signal_test_maps(loaded, source, config, os.path.join(workdir, "saliency"))
   num = min(int(config.saliency.num_pages), len(source))
   pages = []
   for i in range(num):
@@ -192,3 +196,36 @@ def write_test_maps(workdir: str, source: pipeline.Source,
                        value_range=config.data.value_range, seed=int(config.seed),
                        contrast_steps=int(config.saliency.get("contrast_steps", 0)),
                        **options.get(method, {}))
+
+
+def _write_signal_test_maps(loaded, source: pipeline.Source, config: ml_collections.ConfigDict,
+                            out_dir: str) -> dict[str, Any]:
+  """`write_test_maps` for a signal run: the pages behind the first test examples (the files under
+  `manual_dir`, or synthetic pages rendered again), explained on their digitized traces. A data
+  set of simulated records (`ecg_signals_sim`) has no pages: nothing is drawn."""
+  from ecgjax.data import digitized  # pylint: disable=g-import-not-at-top
+  from ecgjax.saliency import signals  # pylint: disable=g-import-not-at-top
+  read = digitized.Preprocess(config)
+  pages = []
+  for i in range(min(int(config.saliency.num_pages), len(source))):
+    example = source[i]
+    path = example.get("source_path", b"")
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    label = int(example["label"])
+    page = read.page(path, label)
+    if page is None:
+      logging.info("No saliency maps: %s holds simulated records, not pages.",
+                   config.dataset.name)
+      return {}
+    name = os.path.splitext(os.path.basename(path))[0] if isinstance(page, str) else path
+    rgb = read_rgb(page) if isinstance(page, str) else page
+    pages.append(signals.signal_page(rgb, name, read.hz, label, source=path))
+  method = config.saliency.method
+  options = {"smoothgrad": {"num_samples": int(config.saliency.num_samples),
+                            "chunk_size": int(config.saliency.chunk_size)},
+             "integrated_gradients": {"steps": int(config.saliency.steps),
+                                      "chunk_size": int(config.saliency.chunk_size)}}
+  return signals.explain_signal_pages(
+      loaded.logit_fn, pages, out_dir, method=method,
+      seed=int(config.seed), contrast_steps=int(config.saliency.get("contrast_steps", 0)),
+      **options.get(method, {}))

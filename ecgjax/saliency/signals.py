@@ -57,13 +57,18 @@ class SignalPage:
   source: str = ""
 
 
+def signal_page(rgb: np.ndarray, name: str, hz: int = 125, label: int | None = None,
+                source: str = "") -> SignalPage:
+  """A whole page (uint8 RGB) -> SignalPage: digitized, and its model input."""
+  d = dataclasses.replace(digitize_lib.digitize(rgb), source=source or name)
+  return SignalPage(name=name, signals=digitized_lib.page_view(d.signals, d.rhythm, hz),
+                    digitized=d, rgb=rgb, label=label, source=source)
+
+
 def signal_page_from_file(path: str, hz: int = 125, label: int | None = None) -> SignalPage:
   """A whole page on disk -> SignalPage (raises OSError or ValueError for a file that is no page)."""
-  rgb = read_rgb(path)
-  d = dataclasses.replace(digitize_lib.digitize(rgb), source=path)
-  name = os.path.splitext(os.path.basename(path))[0]
-  return SignalPage(name=name, signals=digitized_lib.page_view(d.signals, d.rhythm, hz),
-                    digitized=d, rgb=rgb, label=label, source=path)
+  return signal_page(read_rgb(path), os.path.splitext(os.path.basename(path))[0], hz, label,
+                     source=path)
 
 
 def shown_windows(num_samples: int) -> np.ndarray:
