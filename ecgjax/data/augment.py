@@ -248,16 +248,21 @@ class GeometricOp(Op):
     raise NotImplementedError
 
 
-class PhotometricOp(Op):
-  """An op that changes values in place: (B, H, W, C) float32 in, the same out."""
+class ValueOp(Op):
+  """An op that changes values in place: a float32 batch in, the same shape out."""
 
-  def __call__(self, images: jax.Array, draws: jax.Array, key: jax.Array) -> jax.Array:
+  def __call__(self, inputs: jax.Array, draws: jax.Array, key: jax.Array) -> jax.Array:
     """`draws` (B, 1 + num_draws) uniform in [0, 1); `key` for ops that need more randomness."""
-    out = self._apply(images, draws[:, 1:], key)
-    return jnp.where(self._gate(draws)[:, None, None, None], out, images)
+    out = self._apply(inputs, draws[:, 1:], key)
+    gate = self._gate(draws).reshape((-1,) + (1,) * (inputs.ndim - 1))
+    return jnp.where(gate, out, inputs)
 
-  def _apply(self, images, draws, key):
+  def _apply(self, inputs, draws, key):
     raise NotImplementedError
+
+
+class PhotometricOp(ValueOp):
+  """A value op on page images: (B, H, W, C) float32 on 0..255 in, the same out."""
 
 
 def _between(draws, low, high):
@@ -370,15 +375,9 @@ class Noise(PhotometricOp):
     return jnp.clip(images + noise * std[:, None, None, None], 0.0, 255.0)
 
 
-class SignalOp(Op):
-  """An op on digitized leads: (B, T, C) float32 in mV in, the same out (`data.input='signals'`)."""
-
-  def __call__(self, signals: jax.Array, draws: jax.Array, key: jax.Array) -> jax.Array:
-    out = self._apply(signals, draws[:, 1:], key)
-    return jnp.where(self._gate(draws)[:, None, None], out, signals)
-
-  def _apply(self, signals, draws, key):
-    raise NotImplementedError
+class SignalOp(ValueOp):
+  """A value op on digitized leads: (B, T, C) float32 in mV in, the same out
+  (`data.input='signals'`)."""
 
 
 @register("amplitude")

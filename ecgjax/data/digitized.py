@@ -121,10 +121,9 @@ class Preprocess:
     return {"image": self.signals(source, label), "label": np.int32(label)}
 
   def signals(self, source: str, label: int) -> np.ndarray:
-    kind, _, rest = source.partition(":")
-    if kind == "sim":
-      return simulated_view(label, int(rest.rpartition(":")[2]), self.hz)
     page = self.page(source, label)
+    if page is None:  # A simulated record: no page to digitize.
+      return simulated_view(label, int(source.rpartition(":")[2]), self.hz)
     try:
       return digitized_view(page, self.hz)
     except Exception as e:

@@ -166,6 +166,13 @@ def explain_pages(logit_fn: LogitFn, pages: Sequence[Page], out_dir: str, *, met
   return {"json": json_path, "pages": written}
 
 
+def _method_options(saliency: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The options `config.saliency` gives its method (SmoothGrad's samples, IG's steps)."""
+  chunk = {"chunk_size": int(saliency.chunk_size)}
+  return {"smoothgrad": {"num_samples": int(saliency.num_samples), **chunk},
+          "integrated_gradients": {"steps": int(saliency.steps), **chunk}}.get(saliency.method, {})
+
+
 def write_test_maps(workdir: str, source: pipeline.Source,
                     config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Maps of the first `config.saliency.num_pages` pages of `source` under `workdir/saliency/`.
@@ -188,14 +195,11 @@ def write_test_maps(workdir: str, source: pipeline.Source,
     image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
     pages.append(page_from_example(example, config.data, image_id or f"test{i}"))
   method = config.saliency.method
-  options = {"smoothgrad": {"num_samples": int(config.saliency.num_samples),
-                            "chunk_size": int(config.saliency.chunk_size)},
-             "integrated_gradients": {"steps": int(config.saliency.steps),
-                                      "chunk_size": int(config.saliency.chunk_size)}}
+  options = _method_options(config.saliency)
   return explain_pages(loaded.logit_fn, pages, os.path.join(workdir, "saliency"), method=method,
                        value_range=config.data.value_range, seed=int(config.seed),
                        contrast_steps=int(config.saliency.get("contrast_steps", 0)),
-                       **options.get(method, {}))
+                       **options)
 
 
 def _write_signal_test_maps(loaded, source: pipeline.Source, config: ml_collections.ConfigDict,
@@ -221,11 +225,8 @@ def _write_signal_test_maps(loaded, source: pipeline.Source, config: ml_collecti
     rgb = read_rgb(page) if isinstance(page, str) else page
     pages.append(signals.signal_page(rgb, name, read.hz, label, source=path))
   method = config.saliency.method
-  options = {"smoothgrad": {"num_samples": int(config.saliency.num_samples),
-                            "chunk_size": int(config.saliency.chunk_size)},
-             "integrated_gradients": {"steps": int(config.saliency.steps),
-                                      "chunk_size": int(config.saliency.chunk_size)}}
+  options = _method_options(config.saliency)
   return signals.explain_signal_pages(
       loaded.logit_fn, pages, out_dir, method=method,
       seed=int(config.seed), contrast_steps=int(config.saliency.get("contrast_steps", 0)),
-      **options.get(method, {}))
+      **options)
