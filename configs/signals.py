@@ -13,7 +13,9 @@ pages rendered; `ecg_signals_sim`), then fine-tuned:
       --config.dataset.name=ecg_images --config.dataset.config=w640 \
       --config.dataset.manual_dir=$HOME/ecg_release --config.init_from=runs/signals_sim
 
-`--config=configs/signals.py:smoke` shrinks it to a CPU smoke run of seconds.
+`--config=configs/signals.py:smoke` shrinks it to a CPU smoke run of seconds. This is the default
+recipe: configs/default.py returns this config (the best single run for a 2-core CPU, 0.851 +-
+0.040 macro-F1 on the 292 development pages over 3 seeds x 5 folds, a minute a fold).
 """
 
 import ml_collections

@@ -44,6 +44,7 @@ from ecgjax import writers
 from ecgjax.classes import NUM_CLASSES
 from ecgjax.data import augment
 from ecgjax.data import pipeline
+from ecgjax.models.fusion import BRANCHES
 
 
 @flax.struct.dataclass
@@ -180,7 +181,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                class_weights: jax.Array, dropout_key: jax.Array, label_smoothing: float,
                ema_decay: float, value_range: tuple[float, float] | None, focal_gamma: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
-               augment_key: jax.Array | None = None) -> tuple[TrainState, TrainMetrics]:
+               augment_key: jax.Array | None = None,
+               branch_loss_weight: float = 0.0) -> tuple[TrainState, TrainMetrics]:
+  """One optimizer step. With `branch_loss_weight` w > 0 (a fused model trained with its backbones)
+  the loss is (1 - w) x the fused output's cross-entropy + w x the mean of each backbone's own
+  (`models.fusion.BRANCHES`): w = 1 trains the backbones independently, as separate runs would."""
   if augmentation:  # The page images only; signals (config.data.input) are never augmented.
     batch = {**batch, "image": augmentation.apply(batch["image"],
                                                   jax.random.fold_in(augment_key, state.step))}
@@ -189,10 +194,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   rng = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
+    mutable = ["batch_stats", BRANCHES] if branch_loss_weight else ["batch_stats"]
     logits, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": rng})
+                                  mutable=mutable, rngs={"dropout": rng})
     weights = class_weights[labels]
-    loss = jnp.mean(weights * per_example_loss(logits, labels, label_smoothing, focal_gamma))
+
+    def loss_of(out):
+      return jnp.mean(weights * per_example_loss(out, labels, label_smoothing, focal_gamma))
+
+    loss = loss_of(logits)
+    if branch_loss_weight:
+      branches = jax.tree_util.tree_leaves(updates[BRANCHES])
+      loss = ((1.0 - branch_loss_weight) * loss
+              + branch_loss_weight * sum(loss_of(b) for b in branches) / len(branches))
     return loss, (logits, updates.get("batch_stats", {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -332,7 +346,8 @@ class Trainer:
             focal_gamma=float(config.train.get("focal_gamma", 0.0)),
             ema_decay=float(config.train.ema_decay), value_range=self.value_range,
             augmentation=self.augmentation,
-            augment_key=jax.random.fold_in(jax.random.key(config.seed), 2)),
+            augment_key=jax.random.fold_in(jax.random.key(config.seed), 2),
+            branch_loss_weight=float(config.train.get("branch_loss_weight", 0.0))),
         in_shardings=(self.state_sharding, batch_sharding),
         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(

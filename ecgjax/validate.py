@@ -74,10 +74,21 @@ def check(config: ml_collections.ConfigDict) -> None:
   _number(config, "train.grad_clip_norm", 1e-12, float("inf"),
           "use a positive norm, or None for no clipping", optional=True)
   _choice(config, "model.name", tuple(sorted(models.MODELS)))
+  branch = config.train.get("branch_loss_weight", 0.0)
+  if branch not in (0, 0.0, None):
+    _number(config, "train.branch_loss_weight", 0.0, 1.0, "use a share from 0 to 1")
+    if config.model.name != "fusion" or config.model.get("freeze_backbones", True):
+      _fail("train.branch_loss_weight", branch, "it trains a fused model's backbones on their own "
+            "outputs, so it needs model.name='fusion' with model.freeze_backbones=False; use 0")
   _choice(config, "train.optimizer", ("adamw", "sgd", "lamb"))
   _choice(config, "train.class_weights", ("balanced", "none"))
   _choice(config, "data.resize_mode", ("pad", "stretch"))
   _choice(config, "data.downscale", transforms.RESIZE_METHODS)
+  if config.data.get("crop", "panel") != "panel":
+    _choice(config, "data.crop", ("panel", "leads"))
+    if config.saliency.num_pages:
+      _fail("saliency.num_pages", config.saliency.num_pages, "maps are drawn over whole panels, "
+            "and config.data.crop='leads' cuts the panel into its leads; use 0")
   _choice(config, "saliency.method", saliency.METHODS)
   size = config.data.image_size
   if (not isinstance(size, (tuple, list)) or len(size) != 2

@@ -134,17 +134,39 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("augment_blur_noise", {"data.augment": AUGMENT + "|blur(1.0)|noise(4)"}))),
         Ablation(
             "signals",
-            "A page read as pixels or as signals: the CPU default image recipe "
-            "(configs/default.py), the 1-D model on the digitized leads (configs/signals.py), and "
-            "the two fused by averaging their probabilities (configs/fusion.py:default,signals; "
+            "A page read as pixels or as signals: the CPU page-image recipe "
+            "(configs/cnn_small.py), the 1-D model on the digitized leads (configs/signals.py, the "
+            "default), and the two fused by averaging their probabilities "
+            "(configs/fusion.py:cnn_small,signals; "
             "nothing to train, so one epoch).",
-            arms=(Arm("image", config="configs/default.py"),
+            arms=(Arm("image", config="configs/cnn_small.py"),
                   Arm("signals", config="configs/signals.py"),
-                  Arm("fused", config="configs/fusion.py:default,signals",
-                      needs={"fusion.workdirs.default": "image",
+                  Arm("fused", config="configs/fusion.py:cnn_small,signals",
+                      needs={"fusion.workdirs.cnn_small": "image",
                              "fusion.workdirs.signals": "signals"},
                       overrides={"model.method": "mean_probs", "train.num_epochs": 1})),
-            config="configs/default.py"),
+            config="configs/cnn_small.py"),
+        Ablation(
+            "lead_crops",
+            "The page CNN (configs/cnn_small.py) on the whole grid panel at 256x448 against the "
+            "panel cut along the known layout into its twelve leads and the rhythm strip's four "
+            "quarters, each 80x144 (a 640 px panel's lead at about its own resolution), stacked "
+            "as channels so that the model knows which lead a wave is in.",
+            arms=(Arm("panel", {"data.crop": "panel"}),
+                  Arm("leads", {"data.crop": "leads", "data.image_size": (80, 144)},
+                      smoke_overrides={"data.crop": "leads", "data.image_size": (16, 24)})),
+            config="configs/cnn_small.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
+            "joint",
+            "The page image model (configs/cnn_small.py) and the signal model trained together in "
+            "one run from scratch (configs/fusion.py:cnn_small,signals,joint; their averaged "
+            "probabilities are the output), by the share of the loss that is each model's own "
+            "cross-entropy rather than the fused output's: 0 (the fused output alone), 0.5, and 1 "
+            "(each model trained independently, as two runs would).",
+            arms=(Arm("fused_loss", {"train.branch_loss_weight": 0.0}),
+                  Arm("half", {"train.branch_loss_weight": 0.5}),
+                  Arm("branch_loss", {"train.branch_loss_weight": 1.0})),
+            config="configs/fusion.py:cnn_small,signals,joint"),
         Ablation(
             "signal_augmentation",
             "Augmenting the signal model's digitized leads (the page's gain, the time origin, "

@@ -1,6 +1,6 @@
 r"""Seconds per training epoch of a real run: `python -m ecgjax.main`, timed from its own log.
 
-  python experiments/benchmark_epoch.py --config=configs/default.py --epochs=4 \
+  python experiments/benchmark_epoch.py --config=configs/cnn_small.py --epochs=4 \
       --override=dataset.name=ecg_images --override=dataset.config=w1024 \
       --override=dataset.manual_dir=../shared/data/ecg_images_dev
 
@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Defined only when run as a script, so importing this module defines no global flags."""
-  flags.DEFINE_string("config", "configs/default.py",
+  flags.DEFINE_string("config", "configs/cnn_small.py",
                       "The experiment config (configs/NAME.py[:arg]).")
   flags.DEFINE_integer("epochs", 4, "Epochs to run; epoch 1 is left out of the figures.")
   flags.DEFINE_multi_string("override", [], "Config override FIELD=VALUE (repeatable).")

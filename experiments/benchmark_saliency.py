@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import default
+from configs import cnn_small
 from ecgjax import models
 from ecgjax.saliency import attribution as saliency  # Times the attribution maths alone.
 
@@ -34,7 +34,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """Defined only when run as a script, so importing this module defines no global flags."""
   flags.DEFINE_list("models", ["cnn", "mobilenet_v2"], "Models to time (config.model.name).")
-  flags.DEFINE_list("image_size", ["256", "448"], "Input height,width (default: the default config).")
+  flags.DEFINE_list("image_size", ["256", "448"],
+                    "Input height,width (default: the page CNN's, configs/cnn_small.py).")
   flags.DEFINE_integer("num_samples", 50, "SmoothGrad noise samples per page.")
   flags.DEFINE_integer("pages", 2, "Pages per SmoothGrad call.")
   flags.DEFINE_integer("repeats", 3, "Timed calls of each; the median is printed.")
@@ -43,7 +44,7 @@ def _define_flags() -> None:
 
 def model_config(name: str) -> ml_collections.ConfigDict:
   if name == "cnn":
-    return default.get_config().model
+    return cnn_small.get_config().model
   if name == "mobilenet_v2":
     return ml_collections.ConfigDict({"name": "mobilenet_v2", "alpha": FLAGS.alpha})
   raise ValueError(f"--models: no benchmark set-up for {name!r}; use cnn or mobilenet_v2.")
@@ -68,7 +69,7 @@ def timed(fns, repeats: int) -> tuple[list[float], list[float]]:
 def main(argv):
   del argv
   h, w = map(int, FLAGS.image_size)
-  c = 1 if default.get_config().data.grayscale else 3  # The default config's input channels.
+  c = 1 if cnn_small.get_config().data.grayscale else 3  # The page CNN's input channels.
   n, pages = FLAGS.num_samples, FLAGS.pages
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"input {h}x{w}x{c}, {n} samples, {pages} pages per call, median of {FLAGS.repeats}.")

@@ -132,7 +132,7 @@ def config_file(arm: Arm, ablation: ablations.Ablation, smoke: bool) -> str:
   path = arm.config or ablation.config
   if not smoke:
     return path
-  return f"{path},smoke" if ":" in path else f"{path}:smoke"  # 'fusion.py:default,signals,smoke'.
+  return f"{path},smoke" if ":" in path else f"{path}:smoke"  # 'fusion.py:cnn_small,signals,smoke'.
 
 
 def _flag_value(value: Any) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: builds the synthetic data set, trains the custom CNN,
-# evaluates the test fold and writes saliency maps. Extra arguments go to ecgjax.main, e.g.
+# The main job on the default recipe: builds the synthetic data set, digitizes its pages, trains the
+# 1-D model on their leads (configs/default.py), evaluates the test fold and writes saliency maps
+# drawn on the digitized traces. Extra arguments go to ecgjax.main, e.g.
 #   bash scripts/demo.sh --config.train.num_epochs=5
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 WORKDIR="${WORKDIR:-runs/default}"

@@ -13,10 +13,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory):
   """A TFDS data_dir holding `ecg_synth/tiny`, built once per test process."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config = default.get_config("smoke")
+  config = cnn_small.get_config("smoke")
   config.dataset.data_dir = data_dir
   pipeline.prepare(config.dataset)
   return data_dir
@@ -24,8 +24,8 @@ def tfds_data_dir(tmp_path_factory):
 
 @pytest.fixture
 def smoke_config(tfds_data_dir):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
+  config = cnn_small.get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   return config
 
@@ -53,9 +53,9 @@ def smoke_run_dir(tmp_path_factory):
   """A run directory as training leaves it: the smoke config and one checkpoint (untrained)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   from ecgjax import models  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  config = cnn_small.get_config("smoke")
   model = models.create_model(config.model)
   channels = 1 if config.data.grayscale else 3
   variables = model.init(jax.random.key(0), jnp.zeros((1, *config.data.image_size, channels)))

@@ -104,19 +104,19 @@ def test_config_checks(change, field):
 
 
 def test_signal_runs_take_signal_augmentation_and_page_runs_page_augmentation():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   config = signals_config.get_config("smoke")
   config.data.augment = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(0.1)"
   validate.check(config)
-  page = default.get_config("smoke")
+  page = cnn_small.get_config("smoke")
   page.data.augment = "amplitude(0.2)"
   with pytest.raises(validate.ConfigError, match="data.augment.*digitized leads"):
     validate.check(page)
 
 
 def test_image_models_cannot_use_the_signal_only_data_set():
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
+  config = cnn_small.get_config("smoke")
   config.dataset.name = "ecg_signals_sim"
   with pytest.raises(validate.ConfigError, match="dataset.name"):
     validate.check(config)

@@ -293,9 +293,9 @@ class EcgImagesTest(tfds.testing.DatasetBuilderTestCase):
 def test_a_page_file_reaches_the_model_as_its_stored_example(sample_build):
   """`pipeline.load_page(..., dataset_config=...)` (prediction, evaluation, saliency on files)
   gives the model the page as training gave it: stored as the builder config stores it."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  config = cnn_small.get_config()
   config.dataset.name, config.dataset.config = "ecg_images", "w1024"
   _, examples = sample_build
   model_input = lambda image: pipeline.Preprocess(config.data).process(image).astype(int)

@@ -49,8 +49,8 @@ def _copy(src, dst):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tfds_data_dir):
   """A final model: trained on every fold, with no test or validation fold."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
+  config = cnn_small.get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   config.data.test_fold, config.data.val_fold = None, None
   config.train.num_epochs = 1
@@ -162,3 +162,30 @@ def test_command_on_a_clean_folder_exits_0_and_bad_arguments_fail_in_one_line(ru
   out = _run(f"--workdir={run_dir}", f"--manual_dir={tmp_path / 'out'}")
   assert out.returncode == 1 and "Traceback" not in out.stderr
   assert "No image in a class folder" in out.stderr.strip().splitlines()[-1]
+
+
+def test_the_default_signal_recipe_is_evaluated_on_whole_pages(tfds_data_dir, folder, tmp_path):
+  """configs/default.py (the signal model) as a final model: each file of the folder is digitized
+  whole; the report counts the good pages, names the bad files, and matches `ecgjax.predict`."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config("smoke")
+  config.dataset.data_dir = tfds_data_dir
+  config.data.test_fold, config.data.val_fold = None, None
+  config.train.num_epochs = 1
+  config.saliency.num_pages = 0
+  workdir = str(tmp_path / "signals")
+  train.Trainer(config, workdir).train()
+  out = str(tmp_path / "out")
+  rep = evaluate.evaluate(workdir, folder, out)
+  assert rep["model"] == "resnet1d"
+  assert rep["files_read"] == len(GOOD) + len(BAD)
+  assert set(BAD) <= set(rep["skipped_files"])
+  assert rep["num_examples"] + len(rep["skipped_files"]) - len(BAD) == len(GOOD)
+  assert rep["num_examples"] >= len(GOOD) - 1  # Every real page is read (the blank one may not be).
+  with open(os.path.join(out, "predictions.csv")) as f:
+    by_path = {r["path"]: r for r in csv.DictReader(f)}
+  (direct,) = predict.predict_files(workdir, [str(_sample("MI(2).jpg"))])
+  assert direct["note"].endswith("whole page digitized")
+  np.testing.assert_allclose([float(by_path["mi_ecg_images/MI(2).jpg"][f"p_{c}"])
+                              for c in CLASS_NAMES],
+                             [direct["probabilities"][c] for c in CLASS_NAMES], rtol=1e-5)

@@ -115,7 +115,7 @@ def test_backbones_read_their_own_input(images):
 def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
   """Trained page and signal runs fused by averaging: the run trains, reports, records its
   backbones' own architectures, predicts page files, and its logits are the two models' average."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   from configs import fusion  # pylint: disable=g-import-not-at-top
   from configs import signals  # pylint: disable=g-import-not-at-top
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
@@ -127,23 +127,23 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   runs = {}
-  for key, config in (("default", default.get_config("smoke")),
+  for key, config in (("cnn_small", cnn_small.get_config("smoke")),
                       ("signals", signals.get_config("smoke"))):
     config.dataset.data_dir = tfds_data_dir
     config.dataset.name = "ecg_synth"
     config.saliency.num_pages = 0
     config.train.num_epochs = 1
-    if key == "default":
+    if key == "cnn_small":
       config.model.filters = (6, 8)  # Not the fused config's own guess: its run's must be used.
     runs[key] = str(tmp_path / key)
     train.train_and_evaluate(config, runs[key])
 
-  config = fusion.get_config("default,signals,smoke")
+  config = fusion.get_config("cnn_small,signals,smoke")
   assert config.data.input == "image+signals" and config.saliency.num_pages == 0
   config.dataset.data_dir = tfds_data_dir
   config.model.method = "mean_probs"
   config.train.num_epochs = 1
-  wrong = fusion.get_config("default,signals,smoke")
+  wrong = fusion.get_config("cnn_small,signals,smoke")
   wrong.data.input = "image"
   with pytest.raises(validate.ConfigError, match="data.input='image'.*'image\\+signals'"):
     validate.check(wrong)
@@ -154,12 +154,12 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
   assert report["model"] == "fusion" and report["num_examples"] == 4
 
   fused = checkpoints.load_model(fused_dir)
-  assert tuple(fused.config.model.backbones.default.filters) == (6, 8)
+  assert tuple(fused.config.model.backbones.cnn_small.filters) == (6, 8)
   source = pipeline.Source(pipeline.dataset_builder(config.dataset), ("fold0",))
   batch = pipeline.load(source, config).gather(np.arange(len(source)))
   assert batch["image"].shape[1:] == (48, 80, 1) and batch["signals"].shape[1:] == (1250, 13)
   value_range = pipeline.input_range(config)
-  own = [jax.nn.softmax(checkpoints.load_model(runs["default"]).logit_fn(
+  own = [jax.nn.softmax(checkpoints.load_model(runs["cnn_small"]).logit_fn(
              pipeline.normalize(batch["image"], value_range))),
          jax.nn.softmax(checkpoints.load_model(runs["signals"]).logit_fn(
              jnp.asarray(batch["signals"])))]
@@ -190,9 +190,86 @@ def test_the_signal_model_as_a_fourth_backbone():
   assert {f"backbone_{k}" for k in config.model.backbones} <= set(variables["params"])
   logits = jax.eval_shape(lambda v: model.apply(v, inputs), variables)
   assert logits.shape == (2, NUM_CLASSES)
-  assert fusion.get_config("default,signals").data.input == "image+signals"
+  assert fusion.get_config("cnn_small,signals").data.input == "image+signals"
   assert fusion.get_config().data.input == "image"
   with pytest.raises(ValueError, match="two or more backbones"):
     fusion.get_config("signals")
   with pytest.raises(ValueError, match="Unknown config argument"):
     fusion.get_config("cnn,resnet")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_branch_loss_is_each_backbones_own_cross_entropy(weight, images):
+  """Backbones trained with the fused model: the step's loss is (1 - w) x the fused output's
+  cross-entropy + w x the mean of the backbones' own; the BRANCHES collection carries their logits."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax.models.fusion import BRANCHES  # pylint: disable=g-import-not-at-top
+  backbones = {"a": CustomCNN(NUM_CLASSES, filters=(4,), dense_units=0, dropout=0.0),
+               "b": CustomCNN(NUM_CLASSES, filters=(6,), dense_units=0, dropout=0.0)}
+  model = FusedModel(NUM_CLASSES, backbones, method="mean_probs", freeze_backbones=False,
+                     bn_momentum=0.5)
+  variables = _init(model, images)
+  assert set(variables) == {"params", "batch_stats"}  # Nothing sown at init.
+  tx = optax.sgd(0.0)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           opt_state=tx.init(variables["params"]),
+                           ema_params=variables["params"], eval_batch_stats=variables["batch_stats"])
+  labels = jnp.array([2, 0])
+  batch = {"image": images, "label": labels}
+  _, metrics = train.train_step(
+      state, batch, model=model, tx=tx, schedule=optax.constant_schedule(0.0),
+      class_weights=jnp.ones(NUM_CLASSES), dropout_key=jax.random.key(3), label_smoothing=0.0,
+      ema_decay=0.0, value_range=None, branch_loss_weight=weight)
+  fused, updates = model.apply(variables, images, train=True, mutable=["batch_stats", BRANCHES])
+  branches = updates[BRANCHES]["logits"]
+  assert len(branches) == 2 and branches[0].shape == (2, NUM_CLASSES)
+  # The BatchNorm momentum reached the backbones: their statistics move otherwise than with their own.
+  _, own = model.clone(bn_momentum=None).apply(variables, images, train=True,
+                                               mutable=["batch_stats"])
+  for a, b in zip(jax.tree_util.tree_leaves(updates["batch_stats"]),
+                  jax.tree_util.tree_leaves(own["batch_stats"])):
+    assert not np.allclose(a, b)
+
+  def ce(logits):
+    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
+
+  expected = (1 - weight) * ce(fused) + weight * (ce(branches[0]) + ce(branches[1])) / 2
+  assert float(metrics.compute()["loss"]) == pytest.approx(expected, rel=1e-5)
+  assert ce(branches[0]) != pytest.approx(ce(fused), rel=1e-3)  # The two losses differ here.
+
+
+def test_backbones_trained_together_in_one_run(tfds_data_dir, tmp_path):
+  """`configs/fusion.py:cnn_small,signals,joint`: no trained runs, both backbones learn from scratch
+  in one run (BatchNorm statistics recomputed for both); the branch loss needs unfrozen backbones."""
+  from configs import fusion  # pylint: disable=g-import-not-at-top
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  config = fusion.get_config("cnn_small,signals,joint,smoke")
+  assert not config.model.freeze_backbones and config.train.branch_loss_weight > 0
+  assert config.train.bn_recompute_batches > 0
+  config.dataset.data_dir = tfds_data_dir
+  workdir = str(tmp_path / "joint")
+  report = train.train_and_evaluate(config, workdir)
+  assert report["model"] == "fusion" and report["num_examples"] == 4
+  loaded = checkpoints.load_model(workdir)
+  initial = fusion.get_config("cnn_small,signals,joint,smoke")
+  model = FusedModel(NUM_CLASSES, initial.model.backbones.to_dict(), method="mean_probs",
+                     freeze_backbones=False)
+  init = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(0)},
+      {"image": jnp.zeros((1, 48, 80, 1)), "signals": jnp.zeros((1, 1250, 13))}))
+  assert (jax.tree_util.tree_structure(loaded.variables["params"])
+          == jax.tree_util.tree_structure(init["params"]))
+  for key in ("backbone_cnn_small", "backbone_signals"):  # Both trained: not their init.
+    fresh = jax.jit(model.init)({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                                {"image": jnp.zeros((1, 48, 80, 1)),
+                                 "signals": jnp.zeros((1, 1250, 13))})["params"][key]
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
+                                   loaded.variables["params"][key], fresh)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0, key
+  config.model.freeze_backbones = True
+  with pytest.raises(validate.ConfigError, match="branch_loss_weight.*freeze_backbones=False"):
+    validate.check(config)

@@ -29,7 +29,7 @@ def _run_main(*args, timeout=300, module="ecgjax.main", pythonpath=REPO):
 
 
 def test_unknown_field_override_fails_naming_the_field(tmp_path):
-  out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
+  out = _run_main("--config=configs/cnn_small.py:smoke", f"--workdir={tmp_path}",
                   "--config.train.batch_sizee=8")
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
@@ -41,7 +41,7 @@ def test_unknown_field_override_fails_naming_the_field(tmp_path):
 def test_bad_value_fails_before_any_work(tmp_path):
   # A valid field with an unusable value is reported by name before data or models are built,
   # in one line without a traceback.
-  out = _run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path}",
+  out = _run_main("--config=configs/cnn_small.py:smoke", f"--workdir={tmp_path}",
                   "--config.train.num_epochs=0")
   assert out.returncode != 0
   assert "config.train.num_epochs=0" in out.stderr.strip().splitlines()[-1]
@@ -60,7 +60,7 @@ def test_bad_value_fails_before_any_work(tmp_path):
     ("data.cache", "disk"), ("model.name", "resnet")])
 def test_every_bad_value_names_its_field(field, value):
   from ecgjax import validate  # pylint: disable=g-import-not-at-top
-  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  config = _load(os.path.join(REPO, "configs", "cnn_small.py")).get_config("smoke")
   validate.check(config)  # The config as shipped is fine.
   group, name = field.split(".")
   with config.unlocked():
@@ -71,7 +71,7 @@ def test_every_bad_value_names_its_field(field, value):
 
 def test_no_test_fold_and_no_validation_fold_are_valid():
   from ecgjax import validate  # pylint: disable=g-import-not-at-top
-  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  config = _load(os.path.join(REPO, "configs", "cnn_small.py")).get_config("smoke")
   for test_fold, val_fold in ((None, None), (None, 1), (0, None)):
     config.data.test_fold, config.data.val_fold = test_fold, val_fold
     validate.check(config)
@@ -98,7 +98,7 @@ def test_a_final_model_without_test_or_validation_fold_trains_on_every_fold(tfds
                                                                             tmp_path):
   from ecgjax.data import pipeline  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "final"
-  out = _run_main("--config=configs/default.py:smoke", f"--workdir={workdir}",
+  out = _run_main("--config=configs/cnn_small.py:smoke", f"--workdir={workdir}",
                   f"--config.dataset.data_dir={tfds_data_dir}", "--config.train.num_epochs=1",
                   "--config.data.test_fold=None", "--config.data.val_fold=None")
   assert out.returncode == 0, out.stderr[-3000:]
@@ -106,7 +106,7 @@ def test_a_final_model_without_test_or_validation_fold_trains_on_every_fold(tfds
     data = json.load(f)["data"]
   assert data["test_fold"] is None and data["val_fold"] is None
   # All five folds train: one epoch is every page of the data set, in batches of 4.
-  config = _load(os.path.join(REPO, "configs", "default.py")).get_config("smoke")
+  config = _load(os.path.join(REPO, "configs", "cnn_small.py")).get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   info = pipeline.dataset_builder(config.dataset).info
   pages = sum(info.splits[f"fold{i}"].num_examples for i in range(5))
@@ -116,6 +116,26 @@ def test_a_final_model_without_test_or_validation_fold_trains_on_every_fold(tfds
   assert "No test fold (config.data.test_fold=None)" in out.stderr
   assert not (workdir / "eval").exists() and not (workdir / "saliency").exists()
   assert "Traceback" not in out.stderr
+
+
+def test_the_default_config_is_the_signal_recipe_end_to_end(tfds_data_dir, tmp_path):
+  """configs/default.py trains the 1-D model on each page's digitized leads (configs/signals.py):
+  from the command line it digitizes the pages, trains, reports and draws maps on the traces."""
+  default = _load(os.path.join(REPO, "configs", "default.py"))
+  signals = _load(os.path.join(REPO, "configs", "signals.py"))
+  for arg in (None, "smoke"):
+    assert default.get_config(arg).to_dict() == signals.get_config(arg).to_dict()
+  workdir = tmp_path / "default"
+  out = _run_main("--config=configs/default.py:smoke", f"--workdir={workdir}",
+                  f"--config.dataset.data_dir={tfds_data_dir}", "--config.train.num_epochs=1",
+                  "--config.saliency.num_pages=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(workdir / "eval" / "report.json") as f:
+    report = json.load(f)
+  assert report["model"] == "resnet1d" and report["num_examples"] == 4
+  with open(workdir / "config.json") as f:
+    assert json.load(f)["data"]["input"] == "signals"
+  assert glob.glob(str(workdir / "saliency" / "*.png"))
 
 
 def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path):

@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 def _launch(workdir, data_dir, processes: int, devices_per_process: int, *overrides):
   """Runs the smoke config in `processes` processes; returns each process's stderr."""
-  command = [sys.executable, "-m", "ecgjax.main", "--config=configs/default.py:smoke",
+  command = [sys.executable, "-m", "ecgjax.main", "--config=configs/cnn_small.py:smoke",
              f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
              "--config.data.augment=rotate(2)|scale(0.05)|brightness(0.1)|noise(2)",
              "--config.model.dropout=0.5", "--verbosity=1", *overrides]  # Each step's loss line.

@@ -161,3 +161,25 @@ def test_shuffled_batches_epochs_and_process_slices():
     np.testing.assert_array_equal(np.concatenate([halves[0][k], halves[1][k]]), one[k])
   with pytest.raises(ValueError, match="fewer than one global batch"):
     pipeline.ShuffledBatches(3, 4, seed=0)
+
+
+def test_lead_crops_train_end_to_end_and_refuse_maps(smoke_config, tmp_path):
+  """config.data.crop='leads': the decoded cache holds (h, w, 16) lead stacks under its own key, a
+  run trains and reports on them, and maps (drawn over whole panels) are refused in one line."""
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  from ecgjax import validate  # pylint: disable=g-import-not-at-top
+  panel_key = decoded.cache_key(smoke_config.data)
+  smoke_config.data.crop = "leads"
+  smoke_config.data.image_size = (16, 24)
+  assert decoded.cache_key(smoke_config.data) != panel_key
+  loaded = _decoded(smoke_config, ("fold0",))
+  assert loaded.image_shape == (16, 24, 16)
+  with pytest.raises(validate.ConfigError, match="saliency.num_pages.*crop='leads'"):
+    validate.check(smoke_config)
+  smoke_config.saliency.num_pages = 0
+  smoke_config.train.num_epochs = 1
+  report = train.train_and_evaluate(smoke_config, str(tmp_path / "leads"))
+  assert report["num_examples"] == 4
+  smoke_config.data.crop = "rows"
+  with pytest.raises(validate.ConfigError, match="data.crop"):
+    validate.check(smoke_config)

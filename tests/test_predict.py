@@ -21,8 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tfds_data_dir):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
+  config = cnn_small.get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   config.train.num_epochs = 1
   config.saliency.num_pages = 0

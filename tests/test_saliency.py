@@ -15,7 +15,7 @@ import optax
 import pytest
 from PIL import Image
 
-from configs import default
+from configs import cnn_small
 from ecgjax import saliency
 from ecgjax.data import layout
 from ecgjax.data import pipeline
@@ -234,7 +234,7 @@ def test_per_lead_finds_the_lead_holding_the_mass():
 
 
 def test_page_from_example_is_the_pipelines_preprocessing():
-  config = default.get_config("smoke")
+  config = cnn_small.get_config("smoke")
   rng = np.random.default_rng(0)
   rgb = rng.integers(0, 256, (120, 206, 3), dtype=np.uint8)
   buffer = io.BytesIO()
@@ -313,7 +313,7 @@ def test_command_names_and_skips_bad_files_and_explains_the_good_pages(smoke_run
 
 
 def test_write_test_maps_explains_test_pages(smoke_run_dir, tfds_data_dir):
-  config = default.get_config("smoke")
+  config = cnn_small.get_config("smoke")
   config.dataset.data_dir = tfds_data_dir
   config.saliency.method = "grad_cam"
   builder = pipeline.dataset_builder(config.dataset)

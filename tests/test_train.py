@@ -94,9 +94,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers(smoke_config, tmp_path)
 _LOSS_SCRIPT = textwrap.dedent("""
     import sys, json
     import jax
-    from configs import default
+    from configs import cnn_small
     from ecgjax import train, mesh as mesh_lib
-    config = default.get_config("smoke")
+    config = cnn_small.get_config("smoke")
     config.dataset.data_dir = sys.argv[1]
     config.train.batch_size = config.eval.batch_size = 8
     config.model.dropout = 0.5  # Partitionable threefry: the same masks however the batch is split.
@@ -132,9 +132,9 @@ def test_eight_devices_reach_the_same_loss_as_one(tfds_data_dir, tmp_path):
 def test_batch_that_does_not_divide_over_devices_is_an_error(tfds_data_dir, tmp_path):
   script = textwrap.dedent("""
       import sys
-      from configs import default
+      from configs import cnn_small
       from ecgjax import train
-      config = default.get_config("smoke")
+      config = cnn_small.get_config("smoke")
       config.dataset.data_dir = sys.argv[1]
       config.train.batch_size = 6
       train.Trainer(config, sys.argv[2])
@@ -218,8 +218,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(smoke_config
 
 
 def test_class_weights_balanced():
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
+  config = cnn_small.get_config("smoke")
   labels = np.array([0] * 6 + [1] * 2 + [2] * 2 + [3] * 2)
   w = train.class_weights_for(config.train, labels)
   # Every class then carries the same total weight.
@@ -306,9 +306,9 @@ def test_fusion_restores_frozen_backbones_from_their_runs(tfds_data_dir, tmp_pat
 
 
 def test_trains_and_reports_on_the_real_sample(tmp_path):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import cnn_small  # pylint: disable=g-import-not-at-top
   from sample_data import SAMPLE_DIR  # pylint: disable=g-import-not-at-top
-  config = default.get_config("smoke")
+  config = cnn_small.get_config("smoke")
   config.dataset.name = "ecg_images"
   config.dataset.config = "w1024"
   config.dataset.manual_dir = str(SAMPLE_DIR)

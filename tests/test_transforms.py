@@ -14,7 +14,7 @@ def _run(spec: str, image: np.ndarray) -> np.ndarray:
 
 
 def test_registered_ops_and_empty_spec():
-  assert set(transforms.available()) == {"resize", "remove_grid", "grayscale"}
+  assert set(transforms.available()) == {"resize", "remove_grid", "grayscale", "leads"}
   assert transforms.parse("") == [] and transforms.parse("none") == []
 
 
@@ -97,3 +97,30 @@ def test_remove_grid_keeps_the_trace_on_white(grid_value):
   assert (clean[..., 0] == clean[..., 2]).all()  # in grey.
   with pytest.raises(ValueError, match="ink < paper"):
     transforms.parse("remove_grid(ink=200, paper=100)")
+
+
+def test_leads_cuts_the_panel_along_the_layout_into_channels():
+  """Each lead's box painted its own grey: channel k is lead k's box (LEADS order), then the rhythm
+  strip's four quarters, each stretched to the op's size."""
+  from ecgjax.data import layout  # pylint: disable=g-import-not-at-top
+  h, w = 373, 640  # A w640 panel.
+  panel = np.full((h, w, 1), 255, np.uint8)
+  boxes = layout.lead_boxes()
+  values = {}
+  for k, name in enumerate((*layout.LEADS, layout.RHYTHM)):
+    x0, y0, x1, y1 = boxes[name]
+    values[name] = 10 + 10 * k
+    panel[round(y0 * h):round(y1 * h), round(x0 * w):round(x1 * w)] = values[name]
+  out = _run("leads(20, 36)", panel)
+  assert out.shape == (20, 36, transforms.LEAD_CHANNELS) and out.dtype == np.uint8
+  expected = [values[name] for name in layout.LEADS] + [values[layout.RHYTHM]] * 4
+  assert [int(np.median(out[..., c])) for c in range(out.shape[-1])] == expected
+  # RGB panels keep their channels per lead, in order.
+  rgb = _run("leads(20, 36)", np.repeat(panel, 3, axis=-1))
+  assert rgb.shape == (20, 36, 3 * transforms.LEAD_CHANNELS)
+  np.testing.assert_array_equal(rgb[..., 3:6], np.repeat(out[..., 1:2], 3, axis=-1))
+  # min_pool keeps a 1 px trace inside a lead box dark.
+  x0, y0, x1, y1 = boxes["V2"]
+  trace = np.full((h, w, 1), 255, np.uint8)
+  trace[round((y0 + y1) / 2 * h), round(x0 * w) + 2:round(x1 * w) - 2] = 0
+  assert _run("leads(20, 36, method='min_pool')", trace)[..., layout.LEADS.index("V2")].min() == 0

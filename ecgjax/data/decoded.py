@@ -44,6 +44,8 @@ def cache_key(data_config: ml_collections.ConfigDict) -> str:
     key += "_nogrid"
   if data_config.get("downscale", "bilinear") != "bilinear":
     key += f"_{data_config.downscale}"
+  if data_config.get("crop", "panel") != "panel":
+    key += f"_{data_config.crop}"
   return key
 
 

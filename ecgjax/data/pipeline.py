@@ -157,21 +157,30 @@ class Preprocess(grain.transforms.Map):
   """Decodes and applies the deterministic ops of `config.data`.
 
   In order: the grid removed (`remove_grid`), the resize to `image_size` (`resize_mode`, and
-  `downscale`: 'bilinear' or 'min_pool'), one luminance channel (`grayscale`).
+  `downscale`: 'bilinear' or 'min_pool'), one luminance channel (`grayscale`). With
+  `crop='leads'` the panel is cut into its leads instead of resized whole, each lead `image_size`,
+  stacked as channels (`transforms.leads`).
   """
 
   def __init__(self, data_config: ml_collections.ConfigDict):
     self.image_size = tuple(data_config.image_size)
     self.grayscale = bool(data_config.grayscale)
     self.downscale = data_config.get("downscale", "bilinear")
+    self.crop = data_config.get("crop", "panel")
     spec = "remove_grid|" if data_config.get("remove_grid", False) else ""
-    spec += (f"resize({self.image_size[0]}, {self.image_size[1]}, "
-             f"mode={data_config.resize_mode!r}, method={self.downscale!r})")
-    if data_config.grayscale:
-      spec += "|grayscale"
+    channels = 1 if self.grayscale else 3
+    if self.crop == "leads":  # One image per lead, stacked as channels (`transforms.leads`).
+      spec += "grayscale|" if self.grayscale else ""
+      spec += f"leads({self.image_size[0]}, {self.image_size[1]}, method={self.downscale!r})"
+      channels *= transforms.LEAD_CHANNELS
+    else:
+      spec += (f"resize({self.image_size[0]}, {self.image_size[1]}, "
+               f"mode={data_config.resize_mode!r}, method={self.downscale!r})")
+      if data_config.grayscale:
+        spec += "|grayscale"
     self.spec = spec
     self.key = decoded_lib.cache_key(data_config)
-    self.output_shape = (*self.image_size, 1 if self.grayscale else 3)
+    self.output_shape = (*self.image_size, channels)
     self.dtype = np.uint8
     self._ops = None
 
@@ -393,10 +402,10 @@ def stored_panel(panel: np.ndarray, dataset_config: ml_collections.ConfigDict) -
   builder's module); None for a builder that stores no pages.
 
   Without it a page read from a file differs from the training pages: a 1280 px panel min-pooled
-  to the model's size is not the 640 px panel a `w640` model learnt from. For `configs/default.py`
-  trained on the development pages' `w640` (test fold 0, 59 pages), the model inputs of the files
-  differed from the data set's by 6 grey levels on average and the fold's macro-F1 through the
-  files was 0.40 against 0.83; stored first, the inputs are identical and so are the predictions.
+  to the model's size is not the 640 px panel a `w640` model learnt from. For the page CNN
+  (`configs/cnn_small.py`) trained on the development pages' `w640` (test fold 0, 59 pages), the
+  model inputs of the files differed from the data set's by 6 grey levels on average and the
+  fold's macro-F1 through the files was 0.40 against 0.83; stored first, the inputs are identical and so are the predictions.
   """
   import importlib  # pylint: disable=g-import-not-at-top
   _register_builder(dataset_config.name)

@@ -181,6 +181,47 @@ def _bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
       height, width, -1)
 
 
+LEAD_CHANNELS = 16  # Twelve leads and the rhythm strip's four 2.5 s quarters (`leads`).
+
+
+def lead_crops() -> list[tuple[float, float, float, float]]:
+  """The `leads` op's boxes, fractions (left, top, right, bottom) of the grid panel, in its order:
+  `layout.LEADS`, then the rhythm strip's four 2.5 s quarters."""
+  from ecgjax.data import layout  # pylint: disable=g-import-not-at-top
+  boxes = layout.lead_boxes()
+  crops = [boxes[lead] for lead in layout.LEADS]
+  x0, y0, x1, y1 = boxes[layout.RHYTHM]
+  quarter = (x1 - x0) / 4
+  return crops + [(x0 + i * quarter, y0, x0 + (i + 1) * quarter, y1) for i in range(4)]
+
+
+@register("leads")
+def leads(height: int, width: int, method: str = "min_pool") -> Op:
+  """The grid panel cut along its known layout into one (height, width) image per lead, stacked as
+  channels: lead k of `layout.LEADS` in channels [k C, (k + 1) C), then the rhythm strip's four
+  2.5 s quarters (C: the input's channels; `LEAD_CHANNELS` x C in all).
+
+  A model then sees which lead each trace is (the channel), where a whole-panel CNN's global
+  pooling forgets where on the page a wave was; and each lead keeps the panel's resolution (a
+  2.5 s box of a 640 px panel is about 150 x 80 px). Boxes are `layout.lead_boxes`: each row's band
+  reaches halfway to its neighbours, so a tall wave of the next row can reach in. Each box is
+  stretched to (height, width) by `method`, as `resize` does.
+  """
+  crops = lead_crops()
+  resize_box = resize(height, width, mode="stretch", method=method)
+
+  def op(image, rng):
+    h, w = image.shape[:2]
+    out = []
+    for x0, y0, x1, y1 in crops:
+      top, left = min(int(round(y0 * h)), h - 1), min(int(round(x0 * w)), w - 1)
+      bottom, right = max(int(round(y1 * h)), top + 1), max(int(round(x1 * w)), left + 1)
+      out.append(resize_box(image[top:bottom, left:right], rng))
+    return np.concatenate(out, axis=-1)
+
+  return op
+
+
 @register("remove_grid")
 def remove_grid(ink: float = 60.0, paper: float = 175.0) -> Op:
   """The printed grid removed by colour: a clean trace on white, from the page's luminance.

@@ -1,7 +1,7 @@
 """The custom convolutional network of the seed project, made configurable.
 
 Stages of [3x3 convolution, BatchNorm, ReLU] x `convs_per_stage`, then 2x2 max pooling and optional
-spatial dropout; global average pooling; a dense head. It is the fast baseline and the default model.
+spatial dropout; global average pooling; a dense head. It is the fast baseline and the default page-image model.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ The backbones may read different inputs: called with a dict (`config.data.input=
 signals for a signal model (`models.SIGNAL_MODELS`, e.g. the 1-D ResNet), the page images for the
 others; called with one array, every backbone reads it.
 
+Trained together (`freeze_backbones=False`, no trained runs given: `configs/fusion.py:...,joint`),
+each backbone's logits are also sown, in training mode, into the collection `BRANCHES`
+(``branches/logits``, one entry per backbone in order), so that the train step can give every backbone its own cross-entropy besides
+the fused one (`config.train.branch_loss_weight`): without it, the averaged output lets one backbone
+carry the examples the other gets wrong, and neither learns them alone. `bn_momentum`, when set,
+replaces every backbone's BatchNorm momentum, so that the trainer can recompute their statistics
+(`config.train.bn_recompute_batches`) through one field as it does for a single model.
+
 Backbone variables live under ``params/backbone_<key>`` (and ``batch_stats/backbone_<key>``), the
 same trees each backbone has on its own, so a trained backbone checkpoint drops in. Restoring them
 from their workdirs is `ecgjax.fusion_backbones`' job, not this module's (a model knows nothing of
@@ -33,6 +41,7 @@ import jax.numpy as jnp
 
 METHODS = ("concat_mlp", "mean_probs", "learned_logit_weights")
 BACKBONE_PREFIX = "backbone_"  # Backbone <key>'s variables are the subtree `backbone_<key>`.
+BRANCHES = "branches"  # Collection of each backbone's own logits, for the train step's branch loss.
 
 
 def input_of(spec: Any) -> str:
@@ -47,8 +56,11 @@ def input_of(spec: Any) -> str:
   return "signals" if dict(spec).get("name") in SIGNAL_MODELS else "image"
 
 
-def _build_backbone(spec: Any, num_classes: int, dtype: Any) -> nn.Module:
+def _build_backbone(spec: Any, num_classes: int, dtype: Any,
+                    bn_momentum: float | None = None) -> nn.Module:
   if isinstance(spec, nn.Module):
+    if bn_momentum is not None and hasattr(spec, "bn_momentum"):
+      return spec.clone(bn_momentum=bn_momentum)
     return spec
   from ecgjax.models import create_model  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
@@ -56,6 +68,8 @@ def _build_backbone(spec: Any, num_classes: int, dtype: Any) -> nn.Module:
   config = ml_collections.ConfigDict(dict(spec))
   if "name" not in config:
     raise ValueError(f"Backbone config {dict(spec)} has no 'name' (config.model.backbones.*.name).")
+  if bn_momentum is not None and "bn_momentum" in config:
+    config.bn_momentum = bn_momentum
   if "dtype" not in config:
     return create_model(config, num_classes=num_classes, dtype=dtype)
   return create_model(config, num_classes=num_classes)
@@ -73,6 +87,7 @@ class FusedModel(nn.Module):
     mlp_units: hidden width of the 'concat_mlp' head.
     dropout: dropout rate in the 'concat_mlp' head.
     dtype: computation dtype of the head, and of backbones built from configs without a dtype.
+    bn_momentum: if set, every backbone's BatchNorm momentum (None: each keeps its own).
   """
 
   num_classes: int
@@ -82,6 +97,7 @@ class FusedModel(nn.Module):
   mlp_units: int = 256
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  bn_momentum: float | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array | Mapping[str, jax.Array], *, train: bool = False,
@@ -96,7 +112,7 @@ class FusedModel(nn.Module):
                        f"{len(specs)}.")
     all_logits, all_features = [], []
     for key, spec in specs.items():
-      backbone = _build_backbone(spec, self.num_classes, self.dtype).clone(
+      backbone = _build_backbone(spec, self.num_classes, self.dtype, self.bn_momentum).clone(
           name=f"{BACKBONE_PREFIX}{key}", parent=self)
       inputs = images
       if isinstance(images, Mapping):
@@ -111,6 +127,8 @@ class FusedModel(nn.Module):
                          f"num_classes={self.num_classes}.")
       if self.freeze_backbones:
         logits, features = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(features)
+      if train:  # Not at init or evaluation: their variables stay params and batch_stats only.
+        self.sow(BRANCHES, "logits", logits.astype(jnp.float32))
       all_logits.append(logits.astype(jnp.float32))
       all_features.append(features.astype(jnp.float32))
 

@@ -76,6 +76,9 @@ def main(argv: Sequence[str]) -> None:
     workdirs = ", ".join(f"{k}={v}" for k, v in loaded.config.fusion.workdirs.items())
     sys.exit(f"{FLAGS.workdir} fuses page and signal models (config.data.input="
              f"{loaded.config.data.input!r}): explain each backbone's own run ({workdirs}).")
+  if loaded.config.data.get("crop", "panel") != "panel":
+    sys.exit(f"{FLAGS.workdir} reads each lead as its own image (config.data.crop="
+             f"{loaded.config.data.crop!r}); maps are drawn over whole panels only.")
   pages, failed = [], []
   for path in paths:  # A bad file is named and skipped; the good pages are still explained.
     label = ecg_images.class_of_path(os.path.abspath(path))  # The release's folder names.
