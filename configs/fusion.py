@@ -47,18 +47,18 @@ CONFIGS = {"cnn": cnn, "cnn_small": cnn_small, "mobilenet_v2": mobilenet_v2, "vg
 BACKBONES = ("cnn", "mobilenet_v2", "vgg16")  # With no argument: the seed's three.
 
 
-FLAGS = ("smoke", "joint")  # Words of the argument that are not backbones.
+OPTIONS = ("smoke", "joint")  # Words of the argument that are not backbones.
 
 
 def _parse(arg: str | None) -> tuple[tuple[str, ...], set[str]]:
   """'cnn_small,signals,joint,smoke' -> (('cnn_small', 'signals'), {'joint', 'smoke'})."""
   words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-  flags = {w for w in words if w in FLAGS}
-  keys = tuple(dict.fromkeys(w for w in words if w not in FLAGS)) or BACKBONES
+  flags = {w for w in words if w in OPTIONS}
+  keys = tuple(dict.fromkeys(w for w in words if w not in OPTIONS)) or BACKBONES
   unknown = [k for k in keys if k not in CONFIGS]
   if unknown or len(keys) < 2:
     raise ValueError(f"Unknown config argument {arg!r}; use two or more backbones of "
-                     f"{sorted(CONFIGS)} separated by commas, and/or {' or '.join(FLAGS)} "
+                     f"{sorted(CONFIGS)} separated by commas, and/or {' or '.join(OPTIONS)} "
                      f"(nothing: {','.join(BACKBONES)}).")
   return keys, flags
 
