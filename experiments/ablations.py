@@ -168,6 +168,14 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("branch_loss", {"train.branch_loss_weight": 1.0})),
             config="configs/fusion.py:cnn_small,signals,joint"),
         Ablation(
+            "signal_view",
+            "The signal model (configs/signals.py, the default) on the leads where the page shows "
+            "them (three at a time) against the twelve leads' 2.5 s windows stacked side by side "
+            "with the rhythm strip's quarters, so that every convolution sees all twelve.",
+            arms=(Arm("page", {"model.view": "page"}),
+                  Arm("stacked", {"model.view": "stacked"})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
             "signal_augmentation",
             "Augmenting the signal model's digitized leads (the page's gain, the time origin, "
             "noise around the trace, an unread lead) against none.",

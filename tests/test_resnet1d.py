@@ -60,3 +60,28 @@ def test_refuses_page_images():
   model = _tiny()
   with pytest.raises(ValueError, match="config.data.input='signals'"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+
+
+def test_stacked_view_lines_each_lead_up_from_its_page_column():
+  """view='stacked': channel k is lead k over the samples its column shows (the page's 3 x 4
+  layout), then the rhythm strip's quarters; nothing of another lead's window leaks in."""
+  from ecgjax import digitize  # pylint: disable=g-import-not-at-top
+  from ecgjax.models.resnet1d import stack_leads  # pylint: disable=g-import-not-at-top
+  shown = digitize.shown_mask(5000)[:, ::4]  # What page_view keeps of each lead, at 125 Hz.
+  x = np.zeros((2, 1250, 13), np.float32)
+  for k in range(12):
+    x[:, shown[k], k] = k + 1
+  x[:, :, 12] = np.arange(1250)
+  stacked = np.asarray(stack_leads(jnp.asarray(x)))
+  assert stacked.shape == (2, 312, 16)
+  for k in range(12):
+    assert (stacked[..., k] == k + 1).all(), k
+  for q in range(4):  # The strip's quarters, each in time order.
+    quarter = stacked[0, :, 12 + q]
+    assert quarter[0] >= 312 * q and (np.diff(quarter) == 1).all()
+  model = _tiny(view="stacked")
+  variables = model.init(jax.random.key(0), jnp.asarray(x))
+  assert model.apply(variables, jnp.asarray(x)).shape == (2, 4)
+  assert variables["params"]["stem"]["kernel"].shape[1] == 16
+  with pytest.raises(ValueError, match="config.model.view"):
+    _tiny(view="rows").init(jax.random.key(0), jnp.asarray(x))

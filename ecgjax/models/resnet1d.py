@@ -7,6 +7,11 @@ BatchNorm, the first of a stage striding by 2, a 1-wide projection where the sha
 average pooling over time and a dense head, as ResNet-18 is to images (He et al. 2016) and as
 1-D ResNets are used for 12-lead classification (e.g. Ribeiro et al. 2020, Nat. Commun. 11:1760).
 
+With `view='stacked'` the model first lines the leads up (`stack_leads`): each lead's own 2.5 s
+window side by side, with the rhythm strip's four quarters, so that every convolution sees all
+twelve leads at once (the page shows I, II, III together, then aVR, aVL, aVF, ...: on the page
+view, II and aVF, or V2 and V5, never share a time step).
+
 Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fusion`.
 """
 
@@ -16,10 +21,31 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import math
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ecgjax.data.layout import LEAD_GRID
+from ecgjax.data.layout import LEADS
 from ecgjax.models.batch_norm import BatchNorm
+
+VIEWS = ("page", "stacked")
+
+
+def stack_leads(signals: jax.Array) -> jax.Array:
+  """(batch, T, 13) page view -> (batch, floor(T / 4), 16): lead k's own window (its column of
+  the 3 x 4 page, the time steps wholly inside it) in channel k, in `LEADS` order, then the rhythm
+  strip's four quarters."""
+  t = signals.shape[1]
+  n = t // 4
+  column = {lead: c for row in LEAD_GRID for c, lead in enumerate(row)}
+  starts = [math.ceil(c * t / 4) for c in range(4)]
+  parts = [signals[:, starts[column[lead]]:starts[column[lead]] + n, k]
+           for k, lead in enumerate(LEADS)]
+  parts += [signals[:, start:start + n, len(LEADS)] for start in starts]
+  return jnp.stack(parts, axis=-1)
 
 
 class ResidualBlock1D(nn.Module):
@@ -55,6 +81,7 @@ class ResNet1D(nn.Module):
     dropout: dropout rate before the logits.
     bn_momentum: BatchNorm moving-average momentum (the trainer also recomputes the statistics).
     dtype: computation dtype; parameters stay float32.
+    view: 'page' (the leads where the page shows them) or 'stacked' (`stack_leads`).
   """
   num_classes: int
   stem_width: int = 32
@@ -64,6 +91,7 @@ class ResNet1D(nn.Module):
   dropout: float = 0.3
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  view: str = "page"
 
   @nn.compact
   def __call__(self, signals, *, train: bool = False, return_features: bool = False):
@@ -74,7 +102,9 @@ class ResNet1D(nn.Module):
                              use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
     norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32)
-    x = signals.astype(self.dtype)
+    if self.view not in VIEWS:
+      raise ValueError(f"ResNet1D.view={self.view!r} (config.model.view); use one of {VIEWS}.")
+    x = (stack_leads(signals) if self.view == "stacked" else signals).astype(self.dtype)
     x = conv(self.stem_width, strides=(2,), name="stem")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     x = nn.max_pool(x, (3,), strides=(2,), padding="SAME")
