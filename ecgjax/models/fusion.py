@@ -15,11 +15,11 @@ others; called with one array, every backbone reads it.
 
 Trained together (`freeze_backbones=False`, no trained runs given: `configs/fusion.py:...,joint`),
 each backbone's logits are also sown, in training mode, into the collection `BRANCHES`
-(``branches/logits``, one entry per backbone in order), so that the train step can give every backbone its own cross-entropy besides
-the fused one (`config.train.branch_loss_weight`): without it, the averaged output lets one backbone
-carry the examples the other gets wrong, and neither learns them alone. `bn_momentum`, when set,
-replaces every backbone's BatchNorm momentum, so that the trainer can recompute their statistics
-(`config.train.bn_recompute_batches`) through one field as it does for a single model.
+(``branches/logits``, one entry per backbone in order), so that the train step can give every
+backbone its own cross-entropy besides the fused one (`config.train.branch_loss_weight`; measured
+in docs/results/joint.md). `bn_momentum`, when set, replaces every backbone's BatchNorm momentum,
+so that the trainer can recompute their statistics (`config.train.bn_recompute_batches`) through
+one field as it does for a single model.
 
 Backbone variables live under ``params/backbone_<key>`` (and ``batch_stats/backbone_<key>``), the
 same trees each backbone has on its own, so a trained backbone checkpoint drops in. Restoring them
