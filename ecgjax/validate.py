@@ -74,11 +74,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   _number(config, "train.grad_clip_norm", 1e-12, float("inf"),
           "use a positive norm, or None for no clipping", optional=True)
   _choice(config, "model.name", tuple(sorted(models.MODELS)))
-  branch = config.train.get("branch_loss_weight", 0.0)
-  if branch not in (0, 0.0, None):
-    _number(config, "train.branch_loss_weight", 0.0, 1.0, "use a share from 0 to 1")
-    if config.model.name != "fusion" or config.model.get("freeze_backbones", True):
-      _fail("train.branch_loss_weight", branch, "it trains a fused model's backbones on their own "
+  _number(config, "train.branch_loss_weight", 0.0, 1.0, "use a share from 0 to 1", optional=True)
+  branch = config.train.get("branch_loss_weight")
+  if branch and (config.model.name != "fusion" or config.model.get("freeze_backbones", True)):
+    _fail("train.branch_loss_weight", branch, "it trains a fused model's backbones on their own "
             "outputs, so it needs model.name='fusion' with model.freeze_backbones=False; use 0")
   _choice(config, "train.optimizer", ("adamw", "sgd", "lamb"))
   _choice(config, "train.class_weights", ("balanced", "none"))

@@ -405,7 +405,8 @@ def stored_panel(panel: np.ndarray, dataset_config: ml_collections.ConfigDict) -
   to the model's size is not the 640 px panel a `w640` model learnt from. For the page CNN
   (`configs/cnn_small.py`) trained on the development pages' `w640` (test fold 0, 59 pages), the
   model inputs of the files differed from the data set's by 6 grey levels on average and the
-  fold's macro-F1 through the files was 0.40 against 0.83; stored first, the inputs are identical and so are the predictions.
+  fold's macro-F1 through the files was 0.40 against 0.83; stored first, the inputs are identical
+  and so are the predictions.
   """
   import importlib  # pylint: disable=g-import-not-at-top
   _register_builder(dataset_config.name)

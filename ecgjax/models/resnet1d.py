@@ -18,10 +18,9 @@ Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fu
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
-
-import math
 
 import flax.linen as nn
 import jax
