@@ -36,7 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout = 0.3
   config.model.bn_momentum = 0.9
   config.model.dtype = "float32"
-  config.model.view = "page"  # 'stacked': each lead's 2.5 s side by side (models/resnet1d.py).
+  # 'stacked': each lead's 2.5 s side by side; 'beats': each lead's average beat; 'page+beats':
+  # both (models/resnet1d.py, models/beats.py; the signal_view ablation).
+  config.model.view = "page"
   config.train.num_epochs = 60
   config.train.learning_rate = 3e-3
   config.train.weight_decay = 1e-4

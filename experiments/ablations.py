@@ -171,9 +171,13 @@ ABLATIONS: dict[str, Ablation] = {
             "signal_view",
             "The signal model (configs/signals.py, the default) on the leads where the page shows "
             "them (three at a time) against the twelve leads' 2.5 s windows stacked side by side "
-            "with the rhythm strip's quarters, so that every convolution sees all twelve.",
+            "with the rhythm strip's quarters, so that every convolution sees all twelve, against "
+            "each lead's average beat (aligned on the rhythm strip's QRS complexes; "
+            "ecgjax/models/beats.py), alone and beside the page view.",
             arms=(Arm("page", {"model.view": "page"}),
-                  Arm("stacked", {"model.view": "stacked"})),
+                  Arm("stacked", {"model.view": "stacked"}),
+                  Arm("beats", {"model.view": "beats"}),
+                  Arm("page+beats", {"model.view": "page+beats"})),
             config="configs/signals.py", overrides={"saliency.num_pages": 0}),
         Ablation(
             "signal_augmentation",

@@ -10,7 +10,10 @@ average pooling over time and a dense head, as ResNet-18 is to images (He et al.
 With `view='stacked'` the model first lines the leads up (`stack_leads`): each lead's own 2.5 s
 window side by side, with the rhythm strip's four quarters, so that every convolution sees all
 twelve leads at once (the page shows I, II, III together, then aVR, aVL, aVF, ...: on the page
-view, II and aVF, or V2 and V5, never share a time step).
+view, II and aVF, or V2 and V5, never share a time step). With `view='beats'` it reads each lead's
+average heartbeat instead (`ecgjax.models.beats`: the beats aligned on the rhythm strip's QRS
+complexes, 0.7 s, all thirteen channels at the same phase of the cycle), and with `'page+beats'`
+both, through two trunks whose pooled features are joined before the head.
 
 Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fusion`.
 """
@@ -28,9 +31,10 @@ import jax.numpy as jnp
 
 from ecgjax.data.layout import LEAD_GRID
 from ecgjax.data.layout import LEADS
+from ecgjax.models import beats as beats_lib
 from ecgjax.models.batch_norm import BatchNorm
 
-VIEWS = ("page", "stacked")
+VIEWS = ("page", "stacked", "beats", "page+beats")
 
 
 def stack_leads(signals: jax.Array) -> jax.Array:
@@ -80,7 +84,8 @@ class ResNet1D(nn.Module):
     dropout: dropout rate before the logits.
     bn_momentum: BatchNorm moving-average momentum (the trainer also recomputes the statistics).
     dtype: computation dtype; parameters stay float32.
-    view: 'page' (the leads where the page shows them) or 'stacked' (`stack_leads`).
+    view: 'page' (the leads where the page shows them), 'stacked' (`stack_leads`), 'beats' (each
+      lead's average beat, `beats.average_beats`) or 'page+beats' (two trunks, features joined).
   """
   num_classes: int
   stem_width: int = 32
@@ -103,15 +108,26 @@ class ResNet1D(nn.Module):
                              epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32)
     if self.view not in VIEWS:
       raise ValueError(f"ResNet1D.view={self.view!r} (config.model.view); use one of {VIEWS}.")
-    x = (stack_leads(signals) if self.view == "stacked" else signals).astype(self.dtype)
-    x = conv(self.stem_width, strides=(2,), name="stem")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
-    x = nn.max_pool(x, (3,), strides=(2,), padding="SAME")
-    for stage, width in enumerate(self.widths):
-      for block in range(self.blocks_per_stage):
-        strides = 2 if block == 0 and stage > 0 else 1
-        x = ResidualBlock1D(width, strides, conv, norm, name=f"stage{stage}_block{block}")(x)
-    features = jnp.mean(x, axis=1)
+    inputs = {"page": lambda: signals, "stacked": lambda: stack_leads(signals),
+              "beats": lambda: beats_lib.average_beats(signals)[0]}
+    features = []
+    for view in self.view.split("+"):
+      # The page trunk keeps its names of before the views, so older runs load unchanged.
+      prefix = "" if view != "beats" else "beats_"
+      x = inputs[view]().astype(self.dtype)
+      # The beats are 0.7 s long: no downsampling stem, so that the ST segment keeps its samples.
+      stem_strides = 1 if view == "beats" else 2
+      x = conv(self.stem_width, strides=(stem_strides,), name=f"{prefix}stem")(x)
+      x = nn.relu(norm(name=f"{prefix}stem_bn")(x))
+      if view != "beats":
+        x = nn.max_pool(x, (3,), strides=(2,), padding="SAME")
+      for stage, width in enumerate(self.widths):
+        for block in range(self.blocks_per_stage):
+          strides = 2 if block == 0 and stage > 0 else 1
+          x = ResidualBlock1D(width, strides, conv, norm,
+                              name=f"{prefix}stage{stage}_block{block}")(x)
+      features.append(jnp.mean(x, axis=1))
+    features = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       name="logits")(x).astype(jnp.float32)
