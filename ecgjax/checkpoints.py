@@ -290,6 +290,7 @@ class LoadedModel:
   model: nn.Module
   variables: dict[str, Any]
   step: int
+  which: str | int = "best"  # The checkpoint asked for: 'best', 'latest' or a step.
 
   def logit_fn(self, images: jax.Array) -> jax.Array:
     return self.model.apply(self.variables, images, train=False)
@@ -304,11 +305,21 @@ def inference_variables(state: Any) -> dict[str, Any]:
   return variables
 
 
-def load_model(workdir: str, which: str | int = "best",
+def reported_checkpoint(config: ml_collections.ConfigDict) -> str | int:
+  """The checkpoint a run reports its test fold with (`config.eval.checkpoint`; 'best' in configs
+  written before the field)."""
+  return config.get("eval", {}).get("checkpoint", "best")
+
+
+def load_model(workdir: str, which: str | int | None = None,
                model_factory: Callable[[ml_collections.ConfigDict], nn.Module] | None = None
                ) -> LoadedModel:
-  """Rebuilds a run's model from `workdir/config.json` and restores its inference variables."""
+  """Rebuilds a run's model from `workdir/config.json` and restores its inference variables:
+  checkpoint `which` ('best', 'latest' or a step), by default the one the run reported
+  (`reported_checkpoint`), so that a run evaluated, explained or fused is the run its report
+  describes."""
   config = read_config(workdir)
+  which = reported_checkpoint(config) if which is None or which == "" else which
   mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
   manager = make_manager(workdir, keep=int(config.train.keep_checkpoints))
 
@@ -322,7 +333,8 @@ def load_model(workdir: str, which: str | int = "best",
   step, state = restore_first_readable(manager, which, restore_step)
   model = (model_factory or (lambda c: models.create_model(c.model)))(config)
   manager.close()
-  return LoadedModel(config=config, model=model, variables=inference_variables(state), step=step)
+  return LoadedModel(config=config, model=model, variables=inference_variables(state), step=step,
+                     which=which)
 
 
 def _local_target(directory: str) -> Any:

@@ -7,7 +7,8 @@ The folder holds the four class folders under any of the names the `ecg_images` 
 recognises (`ecg_images.class_of_path`), anywhere below it, zips included (`ecg_images.list_files`):
 a page's true class is its folder's. Each page goes through `ecgjax.predict`'s path, cropped to its
 grid panel and preprocessed with the run's own `config.data`, so the model sees it as it saw its
-training pages, and is classified by the chosen checkpoint. Written into --out (default
+training pages, and is classified by the chosen checkpoint (by default the one the run reported its
+test fold with, its `config.eval.checkpoint`). Written into --out (default
 WORKDIR/external/<name of the folder>):
 
   report.json           the fields of the run's own test report (WORKDIR/eval/report.json), with
@@ -57,7 +58,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("manual_dir", None,
                       "A folder laid out like the ECG Images release: the four class folders.")
   flags.DEFINE_string("out", None, "Output directory (default WORKDIR/external/<folder name>).")
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_string("checkpoint", None, "'best', 'latest' or a step number; default: the one "
+                      "the run reported (its config.eval.checkpoint).")
 
 
 def default_out(workdir: str, manual_dir: str) -> str:
@@ -95,7 +97,7 @@ def find_pages(manual_dir: str) -> tuple[list[tuple[Any, str]], dict[str, str]]:
 
 
 def evaluate(workdir: str, manual_dir: str, out: str | None = None,
-             checkpoint: str = "best") -> dict[str, Any]:
+             checkpoint: str | int | None = None) -> dict[str, Any]:
   """Evaluates the run in `workdir` on every page below `manual_dir` and, in process 0, writes
   report.json, confusion_matrix.png and predictions.csv into `out`; returns the report, with the
   paths written under 'outputs' in process 0."""
@@ -140,7 +142,7 @@ def evaluate(workdir: str, manual_dir: str, out: str | None = None,
 
   name = os.path.basename(manual_dir)
   rep = report_lib.classification_report(labels, logits)
-  rep.update({"checkpoint_step": int(loaded.step), "checkpoint": str(checkpoint),
+  rep.update({"checkpoint_step": int(loaded.step), "checkpoint": str(loaded.which),
               "split": "external", "dataset": name, "model": loaded.config.model.name,
               "workdir": workdir, "manual_dir": manual_dir,
               # Copies of a page are evaluated as often as they occur (no merging).

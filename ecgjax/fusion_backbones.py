@@ -3,8 +3,8 @@
 `prepare(config)` returns a `ModelSetup`: extra arguments for `models.create_model`, a function that
 puts pretrained variables into the freshly initialised ones, and which parameters the optimizer must
 not move. For every model but `fusion` it is the empty `ModelSetup()`. For `fusion` it restores each
-backbone from its trained run (`config.fusion.workdirs`, best checkpoint), checks that run used the
-same data fields as this one, takes each backbone's architecture from that run's config, and, with
+backbone from its trained run (`config.fusion.workdirs`, the checkpoint that run reported), checks
+that run used the same data fields and folds as this one, takes each backbone's architecture from that run's config, and, with
 `config.model.freeze_backbones`, freezes the `backbone_<key>` subtrees.
 
 This module reads checkpoints so that `ecgjax.models.fusion` need not: the model knows nothing of
@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ecgjax import checkpoints
 from ecgjax.models.fusion import BACKBONE_PREFIX
@@ -69,11 +70,31 @@ def prepare(config: ml_collections.ConfigDict) -> ModelSetup:
             f"Backbone {key!r} ({config.fusion.workdirs[key]}) was trained with "
             f"data.{field}={theirs!r} but this run has "
             f"{config.data[field]!r}; set --config.data.{field} to match.")
+    _check_folds(key, config.fusion.workdirs[key], backbone.config, config)
+    logging.info("Backbone %r: %s, checkpoint %s at step %d.", key, config.fusion.workdirs[key],
+                 backbone.which, backbone.step)
   specs = {k: (loaded[k].config.model.to_dict() if k in loaded else v.to_dict())
            for k, v in config.model.backbones.items()}
   return ModelSetup(model_overrides={"backbones": specs},
                     restore=functools.partial(_put_backbones, loaded) if loaded else None,
                     frozen=frozen_backbones if frozen else None)
+
+
+def _check_folds(key: str, workdir: str, theirs: ml_collections.ConfigDict,
+                 config: ml_collections.ConfigDict) -> None:
+  """Refuses a backbone run that trained on the fold this run tests or validates on (of the same
+  data set: a backbone trained elsewhere has no folds of this one)."""
+  if (theirs.dataset.name, theirs.dataset.get("config")) != (config.dataset.name,
+                                                             config.dataset.get("config")):
+    return
+  held_out = {theirs.data.get("test_fold"), theirs.data.get("val_fold")} - {None}
+  for field in ("test_fold", "val_fold"):
+    fold = config.data.get(field)
+    if fold is not None and fold not in held_out:
+      raise ValueError(
+          f"Backbone {key!r} ({workdir}) trained on fold {fold}, which this run holds out "
+          f"(data.{field}={fold}; the backbone held out {sorted(held_out) or 'none'}): fuse the "
+          f"backbone runs of the same test and validation folds.")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -103,7 +124,7 @@ def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]
     if not workdir:
       continue
     try:
-      loaded[key] = checkpoints.load_model(workdir, "best")
+      loaded[key] = checkpoints.load_model(workdir)  # The checkpoint its run reported.
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.fusion.workdirs.{key}={workdir!r}: {e}") from e
   return loaded

@@ -35,13 +35,14 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """Defined only when run as a command, so importing this module defines no global flags."""
   flags.DEFINE_string("workdir", None, "A trained run's directory.")
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_string("checkpoint", None, "'best', 'latest' or a step number; default: the one "
+                      "the run reported (its config.eval.checkpoint).")
   flags.DEFINE_bool("json", False, "Print one JSON document instead of a table.")
   flags.DEFINE_bool("crop", True, "Find and crop the grid panel (as the training data were).")
   flags.DEFINE_integer("batch_size", 8, "Pages per forward pass.")
 
 
-def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str = "best",
+def predict_files(workdir: str, paths: Sequence[str], *, checkpoint: str | int | None = None,
                   crop: bool = True, batch_size: int = 8) -> list[dict[str, Any]]:
   """One result per path, in order: {'path', 'class', 'probabilities', 'note', 'reliable'} or
   {'path', 'error'}; `reliable` is False where no grid panel was found on the page."""

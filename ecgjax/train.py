@@ -262,7 +262,7 @@ def _init_state(config, model, tx, image_shape) -> TrainState:
 
 def _init_from(state: TrainState, workdir: str) -> TrainState:
   """Copies every parameter (and BN statistic) of another run whose path and shape match."""
-  loaded = checkpoints.load_model(workdir, "best")
+  loaded = checkpoints.load_model(workdir)  # The checkpoint that run reported.
   source = flax.traverse_util.flatten_dict(loaded.variables, sep="/")
   copied, skipped = 0, []
 

@@ -62,7 +62,8 @@ PASS_BELOW = 0.3  # Rank correlation after randomising every layer; the issue's 
 def _define_flags() -> None:
   """Defined only when run as a script, so importing this module defines no global flags."""
   flags.DEFINE_string("workdir", None, "A run trained on synthetic pages (ecg_synth).")
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_string("checkpoint", None, "'best', 'latest' or a step number; default: the one "
+                      "the run reported (its config.eval.checkpoint).")
   flags.DEFINE_string("out", None, "Directory for the tables, JSON and figures.")
   flags.DEFINE_list("methods", list(attribution.METHODS), "Attribution methods to evaluate.")
   flags.DEFINE_integer("pages_per_class", 12, "Fresh synthetic mi and history_of_mi pages each.")

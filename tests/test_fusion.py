@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +137,11 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
     config.train.num_epochs = 1
     if key == "cnn_small":
       config.model.filters = (6, 8)  # Not the fused config's own guess: its run's must be used.
+    else:  # No validation fold (so 'best' would be the latest) and its first step reported.
+      config.data.val_fold = None
+      config.eval.checkpoint = "1"
+      config.train.checkpoint_every_steps = 1
+      config.train.keep_checkpoints = 100
     runs[key] = str(tmp_path / key)
     train.train_and_evaluate(config, runs[key])
 
@@ -149,12 +156,21 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
     validate.check(wrong)
   for key, workdir in runs.items():
     config.fusion.workdirs[key] = workdir
+  # A backbone that trained on a fold this run holds out is refused, naming the fold.
+  leaky = copy.deepcopy(config)
+  leaky.data.test_fold, leaky.data.val_fold = 1, 0
+  with pytest.raises(ValueError, match="'signals'.*trained on fold 1.*data.test_fold=1"):
+    train.train_and_evaluate(leaky, str(tmp_path / "leaky"))
+  config.data.val_fold = None  # The signal run trained on fold 1.
   fused_dir = str(tmp_path / "fused")
   report = train.train_and_evaluate(config, fused_dir)
   assert report["model"] == "fusion" and report["num_examples"] == 4
 
   fused = checkpoints.load_model(fused_dir)
   assert tuple(fused.config.model.backbones.cnn_small.filters) == (6, 8)
+  # Each backbone is the checkpoint its run reported (the signal run's step 1, not its latest).
+  assert checkpoints.load_model(runs["signals"]).step == 1
+  assert checkpoints.load_model(runs["signals"], "latest").step > 1
   source = pipeline.Source(pipeline.dataset_builder(config.dataset), ("fold0",))
   batch = pipeline.load(source, config).gather(np.arange(len(source)))
   assert batch["image"].shape[1:] == (48, 80, 1) and batch["signals"].shape[1:] == (1250, 13)

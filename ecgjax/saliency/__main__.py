@@ -46,7 +46,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum("method", "grad_cam", METHODS, "Attribution method (Grad-CAM, as "
                     "config.saliency.method's default; integrated_gradients for a signal run, "
                     "where Grad-CAM does not apply).")
-  flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  flags.DEFINE_string("checkpoint", None, "'best', 'latest' or a step number; default: the one "
+                      "the run reported (its config.eval.checkpoint).")
   flags.DEFINE_bool("crop_panel", True, "Crop each page to its grid panel first, as the data sets "
                     "do; --nocrop_panel for images already cropped.")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the SmoothGrad noise.")
