@@ -14,8 +14,9 @@ pages rendered; `ecg_signals_sim`), then fine-tuned:
       --config.dataset.manual_dir=$HOME/ecg_release --config.init_from=runs/signals_sim
 
 `--config=configs/signals.py:smoke` shrinks it to a CPU smoke run of seconds. This is the default
-recipe: configs/default.py returns this config (the best single run for a 2-core CPU, 0.851 +-
-0.040 macro-F1 on the 292 development pages over 3 seeds x 5 folds, a minute a fold).
+recipe: configs/default.py returns this config (the best single run for a 2-core CPU, 0.887 +-
+0.042 macro-F1 on the 292 development pages over 3 seeds x 5 folds, a minute a fold; 0.851 +-
+0.040 when it reported its best checkpoint on the validation fold instead of its last).
 """
 
 import ml_collections
@@ -42,6 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.num_epochs = 60
   config.train.learning_rate = 3e-3
   config.train.weight_decay = 1e-4
+  # The test fold is reported with the last checkpoint (the end of the cosine schedule, EMA), not
+  # the best on the validation fold: 0.887 +- 0.042 against 0.851 +- 0.040, higher in 9 of 15
+  # runs, lower in 1 (the model_selection ablation). With 59 pages, 3-4 of them `mi`, the
+  # validation fold's best epoch is mostly its noise. The fold still validates (the curves).
+  config.eval.checkpoint = "latest"
   # Maps of the first test pages, drawn on their digitized traces (ecgjax/saliency/signals.py);
   # Grad-CAM is for page models.
   config.saliency.method = "integrated_gradients"

@@ -56,6 +56,10 @@ AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)
 # the digitizer's error around the trace, and an unread lead.
 SIGNAL_AUGMENT = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(0.1)"
 
+# The page CNN and the signal model fused by averaging their probabilities: nothing to train.
+_FUSED_IMAGE_SIGNALS = "configs/fusion.py:cnn_small,signals"
+_FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
+
 ABLATIONS: dict[str, Ablation] = {
     a.name: a for a in (
         Ablation(
@@ -178,6 +182,31 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("stacked", {"model.view": "stacked"}),
                   Arm("beats", {"model.view": "beats"}),
                   Arm("page+beats", {"model.view": "page+beats"})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
+            "model_selection",
+            "Which checkpoint a run reports: the best on a validation fold (until 2026-11-26 "
+            "every config's), the latest of the same training (configs/signals.py's now), or the "
+            "latest of a run that trains on that fold too (four folds instead of three; no "
+            "validation). For the signal model (configs/signals.py), the page CNN "
+            "(configs/cnn_small.py) and the two fused by averaging their probabilities.",
+            # A fold number: the sweep validates on the fold after the test fold; None: none.
+            arms=(Arm("val_best", {"data.val_fold": 1, "eval.checkpoint": "best"}),
+                  Arm("val_latest", {"data.val_fold": 1, "eval.checkpoint": "latest"}),
+                  Arm("no_val", {"data.val_fold": None}),
+                  Arm("image_val_best", {"data.val_fold": 1, "eval.checkpoint": "best"},
+                      config="configs/cnn_small.py"),
+                  Arm("image_no_val", {"data.val_fold": None}, config="configs/cnn_small.py"),
+                  Arm("fused_val_best", _FUSED_MEAN_PROBS, config=_FUSED_IMAGE_SIGNALS,
+                      needs={"fusion.workdirs.cnn_small": "image_val_best",
+                             "fusion.workdirs.signals": "val_best"}),
+                  Arm("fused_val_latest", _FUSED_MEAN_PROBS, config=_FUSED_IMAGE_SIGNALS,
+                      needs={"fusion.workdirs.cnn_small": "image_val_best",
+                             "fusion.workdirs.signals": "val_latest"}),
+                  Arm("fused_no_val", {**_FUSED_MEAN_PROBS, "data.val_fold": None},
+                      config=_FUSED_IMAGE_SIGNALS,
+                      needs={"fusion.workdirs.cnn_small": "image_no_val",
+                             "fusion.workdirs.signals": "no_val"})),
             config="configs/signals.py", overrides={"saliency.num_pages": 0}),
         Ablation(
             "signal_augmentation",

@@ -118,7 +118,13 @@ def run_overrides(run: Run, runs: Sequence[Run], ablation: ablations.Ablation,
   overrides = {**common, **pick(ablation), **pick(run.arm), "seed": run.seed}
   if run.fold is not None:
     overrides["data.test_fold"] = run.fold
-    overrides["data.val_fold"] = (run.fold + 1) % 5
+    # The next fold validates, unless the run has no validation fold (data.val_fold None in its
+    # config or overrides: it trains on the other four folds and reports its latest checkpoint).
+    if "data.val_fold" in overrides:
+      val_fold = overrides["data.val_fold"]
+    else:
+      val_fold = load_config(config_file(run.arm, ablation, smoke)).data.val_fold
+    overrides["data.val_fold"] = None if val_fold is None else (run.fold + 1) % 5
   for field, needed in run.arm.needs.items():
     dep = next((r for r in runs if r.arm.name == needed and r.seed == run.seed
                 and r.fold in (run.fold, None)), None)
@@ -283,7 +289,8 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
             f"{r[c]:.3f}" for c in class_cols]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "mean +- sample std over seeds x test folds; each run selects its checkpoint on "
-            "its validation fold and reports its test fold."]
+            "its validation fold (the next one, unless the arm says otherwise) and reports its "
+            "test fold."]
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(rows, ablation.name, os.path.join(out_dir, "results.png"))
