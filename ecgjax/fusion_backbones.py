@@ -4,8 +4,8 @@
 puts pretrained variables into the freshly initialised ones, and which parameters the optimizer must
 not move. For every model but `fusion` it is the empty `ModelSetup()`. For `fusion` it restores each
 backbone from its trained run (`config.fusion.workdirs`, the checkpoint that run reported), checks
-that run used the same data fields and folds as this one, takes each backbone's architecture from that run's config, and, with
-`config.model.freeze_backbones`, freezes the `backbone_<key>` subtrees.
+that run used the same data fields and folds as this one, takes each backbone's architecture from
+that run's config, and, with `config.model.freeze_backbones`, freezes the `backbone_<key>` subtrees.
 
 This module reads checkpoints so that `ecgjax.models.fusion` need not: the model knows nothing of
 runs or workdirs. It does not train, and it is not how a fused run itself is restored (that is

@@ -110,21 +110,22 @@ def plan(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
                                      order[r.arm.name][1]))
 
 
+def own_overrides(owner: ablations.Ablation | Arm, smoke: bool = False) -> dict[str, Any]:
+  """The overrides an ablation or an arm applies (its smoke ones in a --smoke run)."""
+  return owner.smoke_overrides if smoke and owner.smoke_overrides is not None else owner.overrides
+
+
 def run_overrides(run: Run, runs: Sequence[Run], ablation: ablations.Ablation,
                   common: dict[str, Any], smoke: bool = False) -> dict[str, Any]:
   """The config overrides of one run: common ones, the arm's, seed, fold, dependency workdirs."""
-  def pick(owner):
-    return owner.smoke_overrides if smoke and owner.smoke_overrides is not None else owner.overrides
-  overrides = {**common, **pick(ablation), **pick(run.arm), "seed": run.seed}
+  overrides = {**common, **own_overrides(ablation, smoke), **own_overrides(run.arm, smoke),
+               "seed": run.seed}
   if run.fold is not None:
     overrides["data.test_fold"] = run.fold
-    # The next fold validates, unless the run has no validation fold (data.val_fold None in its
-    # config or overrides: it trains on the other four folds and reports its latest checkpoint).
-    if "data.val_fold" in overrides:
-      val_fold = overrides["data.val_fold"]
-    else:
-      val_fold = load_config(config_file(run.arm, ablation, smoke)).data.val_fold
-    overrides["data.val_fold"] = None if val_fold is None else (run.fold + 1) % 5
+    # The next fold validates, unless an override says None: no validation fold, the run trains
+    # on the other four folds and reports its latest checkpoint.
+    if overrides.get("data.val_fold", 0) is not None:
+      overrides["data.val_fold"] = (run.fold + 1) % 5
   for field, needed in run.arm.needs.items():
     dep = next((r for r in runs if r.arm.name == needed and r.seed == run.seed
                 and r.fold in (run.fold, None)), None)

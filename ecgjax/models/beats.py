@@ -7,9 +7,10 @@ lead's beats, aligned on their QRS complexes and averaged, put every lead's Q wa
 T wave at the same sample. `average_beats` does that on (batch, time, 13) page views:
 
 1. `qrs_peaks` finds the QRS complexes on the 10 s rhythm strip (channel 12), recorded at the same
-   time as every lead: the squared slope, smoothed over 0.1 s (a triangle), peaks once per complex; a peak is a
-   sample that is the largest within +-0.25 s and above 30% of a robust reference (the median of
-   the six largest such maxima, so that one artefact does not hide every beat).
+   time as every lead: the squared slope, smoothed over 0.1 s (a triangle), peaks once per
+   complex; a peak is a sample that is the largest within +-0.25 s and above 30% of a robust
+   reference (the median of the six largest such maxima, so that one artefact does not hide every
+   beat).
 2. Around each peak, the window from 0.25 s before to 0.45 s after it, kept for a lead when it lies
    wholly inside the 2.5 s the page shows of that lead (any window, for the strip itself).
 3. Each channel's kept windows averaged: (batch, 0.7 s, 13). A lead with no whole beat is 0.
@@ -68,12 +69,20 @@ def qrs_peaks(rhythm: jax.Array, hz: float, max_beats: int = MAX_BEATS) -> jax.A
       jnp.int32)
 
 
+# The column (0-3) of the 3 x 4 page each lead is shown in.
+LEAD_COLUMN = {lead: c for row in LEAD_GRID for c, lead in enumerate(row)}
+
+
+def column_bounds(time_steps: int) -> list[int]:
+  """The first sample of each of the page's four 2.5 s columns, then `time_steps`."""
+  return [math.ceil(c * time_steps / len(LEAD_GRID[0])) for c in range(len(LEAD_GRID[0]) + 1)]
+
+
 def lead_windows(time_steps: int) -> tuple[list[int], list[int]]:
   """[start) and [end) sample of the part of the page each of the 13 channels shows."""
-  column = {lead: c for row in LEAD_GRID for c, lead in enumerate(row)}
-  bounds = [math.ceil(c * time_steps / 4) for c in range(5)]
-  starts = [bounds[column[lead]] for lead in LEADS] + [0]
-  ends = [bounds[column[lead] + 1] for lead in LEADS] + [time_steps]
+  bounds = column_bounds(time_steps)
+  starts = [bounds[LEAD_COLUMN[lead]] for lead in LEADS] + [0]
+  ends = [bounds[LEAD_COLUMN[lead] + 1] for lead in LEADS] + [time_steps]
   return starts, ends
 
 

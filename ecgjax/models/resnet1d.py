@@ -21,7 +21,6 @@ Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fu
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ecgjax.data.layout import LEAD_GRID
 from ecgjax.data.layout import LEADS
 from ecgjax.models import beats as beats_lib
 from ecgjax.models.batch_norm import BatchNorm
@@ -41,12 +39,10 @@ def stack_leads(signals: jax.Array) -> jax.Array:
   """(batch, T, 13) page view -> (batch, floor(T / 4), 16): lead k's own window (its column of
   the 3 x 4 page, the time steps wholly inside it) in channel k, in `LEADS` order, then the rhythm
   strip's four quarters."""
-  t = signals.shape[1]
-  n = t // 4
-  column = {lead: c for row in LEAD_GRID for c, lead in enumerate(row)}
-  starts = [math.ceil(c * t / 4) for c in range(4)]
-  parts = [signals[:, starts[column[lead]]:starts[column[lead]] + n, k]
-           for k, lead in enumerate(LEADS)]
+  n = signals.shape[1] // 4
+  starts = beats_lib.column_bounds(signals.shape[1])[:4]
+  lead_starts = [starts[beats_lib.LEAD_COLUMN[lead]] for lead in LEADS]
+  parts = [signals[:, start:start + n, k] for k, start in enumerate(lead_starts)]
   parts += [signals[:, start:start + n, len(LEADS)] for start in starts]
   return jnp.stack(parts, axis=-1)
 
@@ -112,14 +108,14 @@ class ResNet1D(nn.Module):
               "beats": lambda: beats_lib.average_beats(signals)[0]}
     features = []
     for view in self.view.split("+"):
+      beat = view == "beats"
       # The page trunk keeps its names of before the views, so older runs load unchanged.
-      prefix = "" if view != "beats" else "beats_"
+      prefix = "beats_" if beat else ""
       x = inputs[view]().astype(self.dtype)
       # The beats are 0.7 s long: no downsampling stem, so that the ST segment keeps its samples.
-      stem_strides = 1 if view == "beats" else 2
-      x = conv(self.stem_width, strides=(stem_strides,), name=f"{prefix}stem")(x)
+      x = conv(self.stem_width, strides=(1 if beat else 2,), name=f"{prefix}stem")(x)
       x = nn.relu(norm(name=f"{prefix}stem_bn")(x))
-      if view != "beats":
+      if not beat:
         x = nn.max_pool(x, (3,), strides=(2,), padding="SAME")
       for stage, width in enumerate(self.widths):
         for block in range(self.blocks_per_stage):
