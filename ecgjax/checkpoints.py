@@ -148,6 +148,14 @@ def candidate_steps(manager: ocp.CheckpointManager, which: str | int) -> list[in
   return [first] + [s for s in steps if s != first]
 
 
+def resolved_name(manager: ocp.CheckpointManager, which: str | int) -> str:
+  """What `which` names in this run, for reports and logs: 'best' where no checkpoint has a
+  validation metric (a run without a validation fold) is the latest, and is called so."""
+  if which == "best" and manager.best_step() is None:
+    return "latest"
+  return str(which)
+
+
 def select_step(manager: ocp.CheckpointManager, which: str | int) -> int:
   return candidate_steps(manager, which)[0]
 
@@ -331,6 +339,7 @@ def load_model(workdir: str, which: str | int | None = None,
     return manager.restore(step, args=args)["state"]
 
   step, state = restore_first_readable(manager, which, restore_step)
+  which = resolved_name(manager, which)
   model = (model_factory or (lambda c: models.create_model(c.model)))(config)
   manager.close()
   return LoadedModel(config=config, model=model, variables=inference_variables(state), step=step,

@@ -531,9 +531,10 @@ class Trainer:
     abstract = self.abstract_state()
     step, state = checkpoints.restore_first_readable(
         manager, self.config.eval.checkpoint, lambda s: checkpoints.restore(manager, s, abstract))
+    name = checkpoints.resolved_name(manager, self.config.eval.checkpoint)
     manager.close()
     rep, _ = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "test")
-    rep.update({"checkpoint_step": int(step), "checkpoint": str(self.config.eval.checkpoint),
+    rep.update({"checkpoint_step": int(step), "checkpoint": name,
                 "split": ",".join(self.sources["test"].splits),
                 "dataset": self.builder.info.full_name, "model": self.config.model.name})
     return rep, step
@@ -567,7 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                title=f"{config.model.name} on {rep['dataset']} {rep['split']}: "
                                      f"macro-F1 {rep['macro_f1']:.3f}")
     logging.info("Test (%s, checkpoint %s at step %d): accuracy %.4f, balanced accuracy %.4f, "
-                 "macro-F1 %.4f. Report: %s", rep["split"], config.eval.checkpoint, step,
+                 "macro-F1 %.4f. Report: %s", rep["split"], rep["checkpoint"], step,
                  rep["accuracy"], rep["balanced_accuracy"], rep["macro_f1"], outputs["report"])
   if config.saliency.num_pages:
     from ecgjax import saliency  # pylint: disable=g-import-not-at-top

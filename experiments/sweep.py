@@ -251,6 +251,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _reported_checkpoint(run: Run) -> str:
+  """'best' (on the run's validation fold), 'latest' or a step: the checkpoint of its test report.
+  A run without a validation fold has no best; reports written before they said so name 'best'."""
+  with open(os.path.join(run.workdir, "config.json")) as f:
+    if json.load(f).get("data", {}).get("val_fold", 0) is None:
+      return "latest"
+  with open(os.path.join(run.workdir, "eval", "report.json")) as f:
+    return str(json.load(f).get("checkpoint", "best"))
+
+
 def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -> list[dict]:
   """Per-arm mean +- std of the metrics over the finished runs; writes results.{md,csv,png} and
   confusion_ARM.png, each arm's confusion matrix summed over its runs."""
@@ -265,7 +275,9 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
           reports.append(json.load(f))
     if not reports:
       continue
-    row = {"arm": arm.name, "runs": len(reports)}
+    row = {"arm": arm.name, "runs": len(reports),
+           "checkpoint": "/".join(sorted({_reported_checkpoint(r) for r in runs
+                                          if r.arm.name == arm.name and r.finished}))}
     confusions.append((arm.name, reports))
     for m in METRICS:
       row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([rep[m] for rep in reports])
@@ -281,17 +293,19 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
     writer.writerows(rows)
   class_cols = [k for k in rows[0] if k.startswith("f1_")]
   lines = [f"# {ablation.name}", "", ablation.description, "",
-           "| arm | runs | accuracy | balanced accuracy | macro-F1 | "
+           "| arm | runs | checkpoint | accuracy | balanced accuracy | macro-F1 | "
            + " | ".join(f"F1 {c[3:-5]}" for c in class_cols) + " |",
-           "|---|---|---|---|---|" + "---|" * len(class_cols)]
+           "|---|---|---|---|---|---|" + "---|" * len(class_cols)]
   for r in rows:
-    cells = [r["arm"], str(r["runs"])] + [
+    cells = [r["arm"], str(r["runs"]), r["checkpoint"]] + [
         f"{r[m + '_mean']:.3f} +- {r[m + '_std']:.3f}" for m in METRICS] + [
             f"{r[c]:.3f}" for c in class_cols]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "mean +- sample std over seeds x test folds; each run selects its checkpoint on "
-            "its validation fold (the next one, unless the arm says otherwise) and reports its "
-            "test fold."]
+  lines += ["", "mean +- sample std over seeds x test folds. Each run reports its test fold with "
+            "its checkpoint column's: 'best', the best macro-F1 on its validation fold (the fold "
+            "after the test fold); 'latest', its last (a run with data.val_fold=None trains on the "
+            "four other folds and has no validation fold). A fused run's column is its own "
+            "checkpoint; its backbones are loaded at theirs."]
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(rows, ablation.name, os.path.join(out_dir, "results.png"))

@@ -165,6 +165,8 @@ def test_a_page_and_a_signal_model_fuse_end_to_end(tfds_data_dir, tmp_path):
   fused_dir = str(tmp_path / "fused")
   report = train.train_and_evaluate(config, fused_dir)
   assert report["model"] == "fusion" and report["num_examples"] == 4
+  # With no validation fold there is no best checkpoint: the report names the one it used.
+  assert config.eval.checkpoint == "best" and report["checkpoint"] == "latest"
 
   fused = checkpoints.load_model(fused_dir)
   assert tuple(fused.config.model.backbones.cnn_small.filters) == (6, 8)
