@@ -56,6 +56,9 @@ AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|brightness(0.15)|contrast(0.15)
 # the digitizer's error around the trace, and an unread lead.
 SIGNAL_AUGMENT = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(0.1)"
 
+# No validation fold: a run trains on the four folds besides its test fold and reports its last
+# checkpoint (the sweep leaves data.val_fold None when an override says so).
+_FOUR_FOLDS = {"data.val_fold": None, "eval.checkpoint": "latest"}
 # The page CNN and the signal model fused by averaging their probabilities: nothing to train.
 _FUSED_IMAGE_SIGNALS = "configs/fusion.py:cnn_small,signals"
 _FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
@@ -69,6 +72,16 @@ ABLATIONS: dict[str, Ablation] = {
             arms=(*BACKBONES,
                   Arm("fusion", config="configs/fusion.py", needs=_FUSION_NEEDS)),
             overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT),
+        Ablation(
+            "models_four_folds",
+            "The seed's comparison as the page CNN gained from it on the CPU (model_selection): "
+            "each backbone trained on four folds (no validation fold) and reporting its last "
+            "checkpoint, and the three fused by averaging their probabilities.",
+            arms=(*BACKBONES,
+                  Arm("fused_mean_probs", _FUSED_MEAN_PROBS, config="configs/fusion.py",
+                      needs=_FUSION_NEEDS)),
+            overrides={**_SHARED_INPUT, **_FOUR_FOLDS},
+            smoke_overrides={**_SMOKE_INPUT, **_FOUR_FOLDS}),
         Ablation(
             "fusion_method",
             "How to fuse the three trained backbones: an MLP on concatenated penultimate "
@@ -195,6 +208,8 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("val_latest", {"data.val_fold": 1, "eval.checkpoint": "latest"}),
                   Arm("no_val", {"data.val_fold": None}),
                   Arm("image_val_best", {"data.val_fold": 1, "eval.checkpoint": "best"},
+                      config="configs/cnn_small.py"),
+                  Arm("image_val_latest", {"data.val_fold": 1, "eval.checkpoint": "latest"},
                       config="configs/cnn_small.py"),
                   Arm("image_no_val", {"data.val_fold": None}, config="configs/cnn_small.py"),
                   Arm("fused_val_best", _FUSED_MEAN_PROBS, config=_FUSED_IMAGE_SIGNALS,
