@@ -6,11 +6,11 @@ r"""The fused model: trained CNN, MobileNetV2 and VGG16 backbones, frozen, under
       --config.fusion.workdirs.vgg16=runs/vgg16
 
 Each backbone is rebuilt from its workdir's config.json and restored from the checkpoint its run
-reported (its `config.eval.checkpoint`; EMA parameters and recomputed BatchNorm statistics). `--config.model.method` picks the fusion:
-'concat_mlp' (penultimate features into an MLP), 'mean_probs' (averaged probabilities, nothing to
-train) or 'learned_logit_weights'. `--config.model.freeze_backbones=False` fine-tunes them too.
-Train the three backbones with the same data fields (image size, value range, grayscale,
-remove_grid, downscale) as this config.
+reported (its `config.eval.checkpoint`; EMA parameters and recomputed BatchNorm statistics).
+`--config.model.method` picks the fusion: 'concat_mlp' (penultimate features into an MLP),
+'mean_probs' (averaged probabilities, nothing to train) or 'learned_logit_weights'.
+`--config.model.freeze_backbones=False` fine-tunes them too. Train the three backbones with the
+same data fields (image size, value range, grayscale, remove_grid, downscale) as this config.
 `--config=configs/fusion.py:smoke` is the CPU smoke variant (its backbones' workdirs still have to be
 given, e.g. from the smoke configs of cnn.py, mobilenet_v2.py and vgg16.py).
 

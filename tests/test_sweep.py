@@ -31,7 +31,8 @@ def test_ablation_runs_end_to_end_and_resumes(name, tfds_data_dir, tmp_path):
     if r.arm.name in shown:
       with open(os.path.join(r.workdir, "config.json")) as f:
         no_val = json.load(f)["data"]["val_fold"] is None
-      assert f"| {r.arm.name} | 1 | latest |" in table if no_val else f"| {r.arm.name} | 1 |" in table
+      row = f"| {r.arm.name} | 1 | latest |" if no_val else f"| {r.arm.name} | 1 |"
+      assert row in table, (row, table)
   assert os.path.getsize(tmp_path / name / "results.png") > 5000
   assert all(os.path.getsize(tmp_path / name / f"confusion_{arm}.png") > 5000 for arm in shown)
   # The reported numbers are the runs' own.
