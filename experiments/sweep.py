@@ -251,14 +251,13 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _reported_checkpoint(run: Run) -> str:
+def _reported_checkpoint(run: Run, report: dict[str, Any]) -> str:
   """'best' (on the run's validation fold), 'latest' or a step: the checkpoint of its test report.
   A run without a validation fold has no best; reports written before they said so name 'best'."""
   with open(os.path.join(run.workdir, "config.json")) as f:
     if json.load(f).get("data", {}).get("val_fold", 0) is None:
       return "latest"
-  with open(os.path.join(run.workdir, "eval", "report.json")) as f:
-    return str(json.load(f).get("checkpoint", "best"))
+  return str(report.get("checkpoint", "best"))
 
 
 def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -> list[dict]:
@@ -268,16 +267,15 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
   for arm in ablation.arms:
     if arm.name in ablation.hidden:
       continue
-    reports = []
+    reports, checkpoints = [], set()
     for r in runs:
       if r.arm.name == arm.name and r.finished:
         with open(os.path.join(r.workdir, "eval", "report.json")) as f:
           reports.append(json.load(f))
+        checkpoints.add(_reported_checkpoint(r, reports[-1]))
     if not reports:
       continue
-    row = {"arm": arm.name, "runs": len(reports),
-           "checkpoint": "/".join(sorted({_reported_checkpoint(r) for r in runs
-                                          if r.arm.name == arm.name and r.finished}))}
+    row = {"arm": arm.name, "runs": len(reports), "checkpoint": "/".join(sorted(checkpoints))}
     confusions.append((arm.name, reports))
     for m in METRICS:
       row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([rep[m] for rep in reports])
