@@ -83,6 +83,15 @@ ABLATIONS: dict[str, Ablation] = {
             overrides={**_SHARED_INPUT, **_FOUR_FOLDS},
             smoke_overrides={**_SMOKE_INPUT, **_FOUR_FOLDS}),
         Ablation(
+            "mobilenet_v2_schedule",
+            "MobileNetV2's schedule on models_four_folds' input and folds: the seed's 30 epochs, "
+            "where it does not fit its training pages, against 90 (configs/mobilenet_v2.py).",
+            arms=(Arm("epochs_30", {"train.num_epochs": 30},
+                      smoke_overrides={"train.num_epochs": 1}),
+                  Arm("epochs_90")),
+            config="configs/mobilenet_v2.py", overrides={**_SHARED_INPUT, **_FOUR_FOLDS},
+            smoke_overrides={**_SMOKE_INPUT, **_FOUR_FOLDS}),
+        Ablation(
             "fusion_method",
             "How to fuse the three trained backbones: an MLP on concatenated penultimate "
             "features, averaged probabilities, or learned weights over logits.",
