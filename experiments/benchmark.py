@@ -118,14 +118,14 @@ def run_jax(model_name: str, batch: int, size: int, steps: int, repeats: int,
   variables = jax.tree_util.tree_map(
       lambda x: x.copy(), checkpoints.inference_variables(train._as_dict(state)))  # pylint: disable=protected-access
   start = time.perf_counter()
-  train_step = trainer.train_step.lower(state, train_batch).compile()
+  train_step = trainer.train_step.lower(state, train_batch, trainer.run_inputs).compile()
   eval_step = trainer.eval_step.lower(variables, eval_batch).compile()
   compile_s = time.perf_counter() - start
 
   holder = [state]
 
   def one_train():
-    holder[0], metrics = train_step(holder[0], train_batch)
+    holder[0], metrics = train_step(holder[0], train_batch, trainer.run_inputs)
     jax.block_until_ready(metrics)
 
   one_train()

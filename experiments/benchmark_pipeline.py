@@ -88,8 +88,9 @@ def _compile_step(trainer):
   state = trainer.initial_state()
   batch = mesh_lib.to_global(next(trainer.train_iterator()), trainer.mesh)
   start = time.perf_counter()
-  step = trainer.train_step.lower(state, batch).compile()
-  return step, state, batch, time.perf_counter() - start
+  compiled = trainer.train_step.lower(state, batch, trainer.run_inputs).compile()
+  seconds = time.perf_counter() - start
+  return (lambda s, b: compiled(s, b, trainer.run_inputs)), state, batch, seconds
 
 
 def time_step(step, state, batch, steps: int, repeats: int):

@@ -148,7 +148,7 @@ def test_a_base_install_without_tensorflow_trains_predicts_and_explains(tmp_path
   assert out.returncode == 0, out.stderr[-3000:]
   assert "No TensorBoard summaries" in out.stderr and "steps_per_sec=" in out.stderr
   # The train step went into the persistent compilation cache that the config names.
-  assert glob.glob(str(tmp_path / "jit" / "jit_train_step-*"))
+  assert glob.glob(str(tmp_path / "jit" / "jit_run_train_step-*"))
   assert not glob.glob(str(workdir / "**" / "events.out.tfevents*"), recursive=True)
   assert glob.glob(str(workdir / "saliency" / "*.png"))
   with open(workdir / "eval" / "report.json") as f:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ecgjax import checkpoints
+from ecgjax import mesh as mesh_lib
 from ecgjax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +107,8 @@ _LOSS_SCRIPT = textwrap.dedent("""
     it = trainer.train_iterator()
     losses = []
     for _ in range(4):
-      state, m = trainer.train_step(state, mesh_lib.to_global(next(it), trainer.mesh))
+      state, m = trainer.train_step(state, mesh_lib.to_global(next(it), trainer.mesh),
+                                    trainer.run_inputs)
       losses.append(float(m.loss.compute()))
     print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 """)
@@ -323,3 +325,28 @@ def test_trains_and_reports_on_the_real_sample(tmp_path):
   # 16 distinct pages (two files are copies) dealt into 5 folds: the test fold holds 3 or 4.
   assert report["num_examples"] in (3, 4)
   assert report["outputs"]["saliency"]["pages"]
+
+
+def test_every_seed_and_fold_of_a_config_compiles_the_same_train_step(smoke_config, tmp_path):
+  # The class weights of the training folds and the seed's keys are inputs of the step, not
+  # constants of it, so a sweep's runs share one program (and the persistent compilation cache).
+  smoke_config.data.augment = AUGMENT
+  smoke_config.train.batch_size = 4
+  texts, losses = [], []
+  for seed, fold in ((0, 0), (1, 2)):
+    config = smoke_config.copy_and_resolve_references()
+    config.seed, config.data.test_fold, config.data.val_fold = seed, fold, (fold + 1) % 5
+    trainer = train.Trainer(config, str(tmp_path / f"seed{seed}_fold{fold}"))
+    batch = mesh_lib.to_global(next(trainer.train_iterator()), trainer.mesh)
+    inputs = trainer.run_inputs
+    texts.append(trainer.train_step.lower(trainer.initial_state(), batch, inputs).as_text())
+    _, metrics = trainer.train_step(trainer.initial_state(), batch, inputs)
+    losses.append(float(metrics.loss.compute()))
+  assert texts[0] == texts[1]  # One program for both runs,
+  assert losses[0] != losses[1]  # which compute differently (the seed's keys)...
+  # ...and the class weights are an input of it too: other weights, the same program, another loss.
+  compiled = trainer.train_step.lower(trainer.initial_state(), batch, inputs).compile()
+  weighted = dict(inputs, class_weights=jnp.asarray([1.0, 2.0, 3.0, 4.0]))
+  loss = [float(compiled(trainer.initial_state(), batch, i)[1].loss.compute())
+          for i in (inputs, weighted)]
+  assert loss[0] == pytest.approx(losses[1]) and loss[1] != pytest.approx(loss[0])
