@@ -31,7 +31,6 @@ multi-process launch loads the model and evaluates every page; process 0 alone w
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import tempfile
@@ -152,11 +151,7 @@ def evaluate(workdir: str, manual_dir: str, out: str | None = None,
   if jax.process_index() == 0:
     outputs = report_lib.write(rep, out,
                                title=f"{rep['model']} on {name}: macro-F1 {rep['macro_f1']:.3f}")
-    outputs["predictions"] = os.path.join(out, "predictions.csv")
-    with open(outputs["predictions"], "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-      writer.writeheader()
-      writer.writerows(rows)
+    outputs["predictions"] = report_lib.write_rows(rows, os.path.join(out, "predictions.csv"))
     rep["outputs"] = outputs
   return rep
 

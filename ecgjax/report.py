@@ -6,6 +6,7 @@ runs on the accelerator.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Sequence
@@ -74,6 +75,15 @@ def plot_confusion_matrix(report: dict[str, Any], path: str, title: str = "") ->
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str) -> str:
+  """Writes `rows` (dicts with the same keys) as a CSV file at `path`; returns the path."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
 
 
 def write(report: dict[str, Any], out_dir: str, title: str = "") -> dict[str, str]:

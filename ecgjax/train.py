@@ -41,6 +41,7 @@ from ecgjax import models
 from ecgjax import report as report_lib
 from ecgjax import validate
 from ecgjax import writers
+from ecgjax.classes import CLASS_NAMES
 from ecgjax.classes import NUM_CLASSES
 from ecgjax.data import augment
 from ecgjax.data import pipeline
@@ -296,6 +297,11 @@ def _init_from(state: TrainState, workdir: str) -> TrainState:
                        eval_batch_stats=_copy(batch_stats))
 
 
+# Logged once the train step is compiled (or loaded from the persistent compilation cache); a sweep
+# starts an arm's other runs on it (experiments/sweep.py).
+TRAIN_STEP_READY = "Train step compiled"
+
+
 class Trainer:
   """Holds what one run builds once: data sources, mesh, model, jitted steps."""
 
@@ -429,7 +435,9 @@ class Trainer:
     averaged = jax.tree_util.tree_map(lambda t: t / n, total)
     return state.replace(eval_batch_stats=averaged)
 
-  def evaluate(self, variables: dict[str, Any], split: str) -> tuple[dict[str, Any], EvalMetrics]:
+  def evaluate(self, variables: dict[str, Any], split: str
+               ) -> tuple[dict[str, Any], EvalMetrics, np.ndarray]:
+    """(the classification report, the metrics, the logits of each example in index order)."""
     logits_all, labels_all, masks_all, collected = [], [], [], None
     for batch in pipeline.eval_batches(self.data[split], local_batch_size=self.local_eval_batch):
       global_batch = mesh_lib.to_global(batch, self.mesh)
@@ -441,7 +449,11 @@ class Trainer:
     mask = np.concatenate(masks_all)
     logits = np.concatenate(logits_all)[mask]
     labels = np.concatenate(labels_all)[mask]
-    return report_lib.classification_report(labels, logits), collected
+    order = pipeline.eval_order(len(self.data[split]), local_batch_size=self.local_eval_batch,
+                                process_count=jax.process_count())[mask]
+    by_example = np.empty_like(logits)
+    by_example[order] = logits
+    return report_lib.classification_report(labels, logits), collected, by_example
 
   # -- the loop ------------------------------------------------------------------------------
 
@@ -489,10 +501,15 @@ class Trainer:
     train_metrics = None
     every = int(config.train.checkpoint_every_steps)
     started = (time.perf_counter(), step)
+    compiled = False
     while step < self.total_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = mesh_lib.to_global(next(train_it), self.mesh)
         state, step_metrics = self.train_step(state, batch, self.run_inputs)
+      if not compiled:  # The call returns once the step is compiled; it runs asynchronously.
+        compiled = True
+        logging.info("%s (or loaded from the compilation cache) %.1f s after the start of training.",
+                     TRAIN_STEP_READY, time.perf_counter() - started[0])
       step += 1
       # No transfer from the device here, so the host gathers the next batch while this step runs.
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
@@ -520,7 +537,8 @@ class Trainer:
         state = self.recompute_batch_stats(state)
         val_metrics = None
         if "val" in self.sources:
-          rep, collected = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "val")
+          rep, collected, _ = self.evaluate(checkpoints.inference_variables(_as_dict(state)),
+                                            "val")
           val_metrics = {checkpoints.BEST_METRIC: rep["macro_f1"]}
           scalars = {"val/macro_f1": rep["macro_f1"], "val/accuracy": rep["accuracy"],
                      "val/balanced_accuracy": rep["balanced_accuracy"],
@@ -539,8 +557,10 @@ class Trainer:
         return step
     return step
 
-  def test_report(self) -> tuple[dict[str, Any], int]:
-    """Evaluates the chosen checkpoint (`config.eval.checkpoint`) on the test fold."""
+  def test_report(self) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """Evaluates the chosen checkpoint (`config.eval.checkpoint`) on the test fold: (the report,
+    its step, one row per test example: its `source_path`, true and predicted class and
+    probabilities, as `ecgjax.evaluate` writes them)."""
     if "test" not in self.sources:
       raise ValueError("config.data.test_fold=None: this run has no test fold to report on; "
                        "evaluate it with `python -m ecgjax.evaluate`.")
@@ -550,11 +570,20 @@ class Trainer:
         manager, self.config.eval.checkpoint, lambda s: checkpoints.restore(manager, s, abstract))
     name = checkpoints.resolved_name(manager, self.config.eval.checkpoint)
     manager.close()
-    rep, _ = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "test")
+    rep, _, logits = self.evaluate(checkpoints.inference_variables(_as_dict(state)), "test")
     rep.update({"checkpoint_step": int(step), "checkpoint": name,
                 "split": ",".join(self.sources["test"].splits),
                 "dataset": self.builder.info.full_name, "model": self.config.model.name})
-    return rep, step
+    source, probabilities = self.sources["test"], np.asarray(jax.nn.softmax(logits, axis=-1))
+    rows = []
+    for i, p in enumerate(probabilities):
+      record = source[i]
+      path = record.get("source_path", record.get("image_id", str(i)))
+      rows.append({"source_path": path.decode() if isinstance(path, bytes) else str(path),
+                   "true_class": CLASS_NAMES[int(record["label"])],
+                   "predicted_class": CLASS_NAMES[int(np.argmax(p))],
+                   **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASS_NAMES)}})
+    return rep, step, rows
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
@@ -578,12 +607,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  "Evaluate this model with `python -m ecgjax.evaluate --workdir=%s "
                  "--manual_dir=FOLDER`.", workdir)
     return {}
-  rep, step = trainer.test_report()
+  rep, step, rows = trainer.test_report()
   outputs = {}
   if jax.process_index() == 0:
     outputs = report_lib.write(rep, os.path.join(workdir, "eval"),
                                title=f"{config.model.name} on {rep['dataset']} {rep['split']}: "
                                      f"macro-F1 {rep['macro_f1']:.3f}")
+    # Per page, for analyses across runs (fusing or stacking their probabilities, which pages fail).
+    outputs["predictions"] = report_lib.write_rows(rows, os.path.join(workdir, "eval",
+                                                                      "predictions.csv"))
     logging.info("Test (%s, checkpoint %s at step %d): accuracy %.4f, balanced accuracy %.4f, "
                  "macro-F1 %.4f. Report: %s", rep["split"], rep["checkpoint"], step,
                  rep["accuracy"], rep["balanced_accuracy"], rep["macro_f1"], outputs["report"])

@@ -11,8 +11,10 @@ A grid of your own over any config (every combination of the --grid values is an
       --grid='model.dropout=0.1,0.3,0.5' --grid='data.grayscale=False,True' --folds=0,1,2,3,4
 
 Each run is `python -m ecgjax.main` in its own workdir ROOT/NAME/ARM/seedS_foldF (or in-process with
---processes=0). A run whose workdir already holds eval/report.json is skipped and a half-finished
-one resumes from its checkpoint, so a sweep stopped half-way is simply started again. At the end the
+--processes=0). With --processes=N > 1 an arm's other runs start once its first has compiled its
+train step (which they then load from the persistent compilation cache). A run whose workdir
+already holds eval/report.json is skipped and a half-finished one resumes from its checkpoint, so
+a sweep stopped half-way is simply started again. At the end the
 report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
 seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
 
@@ -31,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from typing import Any
@@ -233,11 +236,66 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
         logging.info("Running %s", r.workdir)
         execute(r, config, overrides, in_process=processes == 0)
     else:
-      with futures.ThreadPoolExecutor(processes) as pool:
-        for done in [pool.submit(execute, r, c, o, False) for r, c, o in jobs]:
-          done.result()
+      _run_parallel(jobs, processes)
   aggregate(ablation, runs, os.path.join(root, ablation.name))
   return runs
+
+
+# What a run logs once its train step is compiled (ecgjax.train.TRAIN_STEP_READY; not imported, so
+# that the sweep's own process needs no JAX).
+TRAIN_STEP_READY = "Train step compiled"
+
+
+def _log_size(run: Run) -> int:
+  log = os.path.join(run.workdir, "sweep.log")
+  return os.path.getsize(log) if os.path.exists(log) else 0
+
+
+def _step_ready(run: Run, offset: int) -> bool:
+  """Whether the run's log says, past `offset`, that its train step is compiled."""
+  log = os.path.join(run.workdir, "sweep.log")
+  if not os.path.exists(log):
+    return False
+  with open(log, errors="replace") as f:
+    f.seek(offset)
+    return TRAIN_STEP_READY in f.read()
+
+
+def _run_parallel(jobs: Sequence[tuple[Run, str, dict[str, Any]]], processes: int,
+                  poll_s: float = 1.0) -> None:
+  """Runs `jobs` in `processes` subprocesses at a time, an arm's first run ahead of the others.
+
+  The runs of an arm compile one train step (the seed's keys and the folds' class weights are its
+  arguments), so its other runs start once the first has logged that its step is compiled, into
+  the persistent compilation cache, which they load instead of compiling it side by side; or once
+  the first has ended. Ten MobileNetV2 runs compiling at once on a 16-core GPU host took 5 minutes
+  to their first step (docs/results/mobilenet_v2_schedule.md).
+  """
+  by_arm: dict[str, list[tuple[Run, str, dict[str, Any]]]] = {}
+  for job in jobs:
+    by_arm.setdefault(job[0].arm.name, []).append(job)
+  with futures.ThreadPoolExecutor(processes) as pool:
+    started, waiting = [], {}
+    for name, (first, *others) in by_arm.items():
+      offset = _log_size(first[0])  # A resumed run's log holds its earlier attempts.
+      logging.info("Starting %s", first[0].workdir)
+      started.append(pool.submit(execute, *first, False))
+      if others:
+        waiting[name] = (first[0], offset, started[-1], others)
+    while waiting:
+      for name, (first, offset, future, others) in list(waiting.items()):
+        ready = _step_ready(first, offset)
+        if ready or future.done():
+          logging.info("%s: %s; starting its %d other runs.", name,
+                       "train step compiled" if ready else "first run ended", len(others))
+          for job in others:
+            logging.info("Starting %s", job[0].workdir)
+            started.append(pool.submit(execute, *job, False))
+          del waiting[name]
+      if waiting:
+        time.sleep(poll_s)
+    for future in started:
+      future.result()
 
 
 # ---------------------------------------------------------------------------------------------

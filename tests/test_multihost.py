@@ -6,6 +6,7 @@ instead of stalling CI), and compares what the processes wrote with a one-proces
 faked CPU devices.
 """
 
+import csv
 import json
 import os
 import re
@@ -80,6 +81,19 @@ def _same_report(a, b):
     np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
 
 
+def _same_predictions(workdir, reference):
+  def rows(path):
+    with open(os.path.join(path, "eval", "predictions.csv")) as f:
+      return {r.pop("source_path"): r for r in csv.DictReader(f)}
+  got, want = rows(workdir), rows(reference)
+  assert got.keys() == want.keys() and len(got) > 2
+  for page, row in want.items():
+    assert got[page]["true_class"] == row["true_class"], page
+    np.testing.assert_allclose([float(v) for k, v in got[page].items() if k.startswith("p_")],
+                               [float(v) for k, v in row.items() if k.startswith("p_")],
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_two_processes_equal_one_with_two_devices_and_resume_after_a_stop(tfds_data_dir, tmp_path):
   one = str(tmp_path / "one")
   two = str(tmp_path / "two")
@@ -91,6 +105,8 @@ def test_two_processes_equal_one_with_two_devices_and_resume_after_a_stop(tfds_d
   np.testing.assert_allclose([losses_two[s] for s in steps], [losses_one[s] for s in steps],
                              rtol=1e-5)
   _same_report(_report(two), _report(one))
+  # Each test page's probabilities under its own name, whichever process evaluated it.
+  _same_predictions(two, one)
   # Process 0 alone writes what is shared; both took part in training, checkpoints and evaluation.
   assert "Test (fold0" in logs_two[0] and "Test (fold0" not in logs_two[1]
   assert os.path.exists(os.path.join(two, "config.json"))

@@ -85,6 +85,20 @@ def test_eval_batches_split_over_processes(smoke_config):
   assert sum(len(s) for s in seen) == len(source)
 
 
+def test_eval_order_names_the_example_of_every_row_of_the_global_batches(smoke_config):
+  source = _decoded(smoke_config, ("fold0", "fold1"))
+  per_process = [list(pipeline.eval_batches(source, local_batch_size=2, process_index=p,
+                                            process_count=3)) for p in range(3)]
+  # A global batch is the processes' local batches side by side, process 0's first.
+  rows = np.concatenate([np.concatenate([batches[b]["image"] for batches in per_process])
+                         for b in range(len(per_process[0]))])
+  order = pipeline.eval_order(len(source), local_batch_size=2, process_count=3)
+  assert len(order) == len(rows) and sorted(order[order >= 0]) == list(range(len(source)))
+  for row, index in zip(rows, order):
+    if index >= 0:
+      np.testing.assert_array_equal(row, source.gather(np.array([index]))["image"][0])
+
+
 def test_train_stream_is_seeded_reshuffled_and_resumable(smoke_config):
   source = _decoded(smoke_config, ("fold1", "fold2", "fold3"))
   n = len(source)

@@ -86,5 +86,11 @@ def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_d
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Resuming from the checkpoint at step 3" in (stopped / "sweep.log").read_text()
+  # An arm's second run started once its first had compiled its train step.
+  lines = out.stderr.splitlines()
+  ready = [i for i, l in enumerate(lines) if "dropout=0.5: train step compiled" in l]
+  second = [i for i, l in enumerate(lines)
+            if l.endswith(f"Starting {tmp_path / 'grid' / 'dropout=0.5' / 'seed0_fold1'}")]
+  assert len(ready) == 1 and len(second) == 1 and ready[0] < second[0], out.stderr[-3000:]
   rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
   assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "2"], ["dropout=0.5", "2"]]

@@ -1,5 +1,6 @@
 """End-to-end training on the smoke config: outputs, resumption, sharding, failure modes."""
 
+import csv
 import json
 import os
 import shutil
@@ -47,6 +48,16 @@ def test_train_and_evaluate_end_to_end(smoke_config, tmp_path):
   steps = sorted(int(s) for s in os.listdir(checkpoints.checkpoint_dir(workdir)) if s.isdigit())
   assert steps and steps[-1] == report["checkpoint_step"] or report["checkpoint"] == "best"
   assert report["outputs"]["saliency"]
+  # One row per test page, whose classes give the report's confusion matrix back.
+  with open(os.path.join(workdir, "eval", "predictions.csv")) as f:
+    rows = list(csv.DictReader(f))
+  names = on_disk["class_names"]
+  from_rows = np.zeros_like(cm)
+  for row in rows:
+    from_rows[names.index(row["true_class"]), names.index(row["predicted_class"])] += 1
+    assert sum(float(row[f"p_{n}"]) for n in names) == pytest.approx(1.0, abs=1e-5)
+  np.testing.assert_array_equal(from_rows, cm)
+  assert len({row["source_path"] for row in rows}) == len(rows) == on_disk["num_examples"]
   # Started again on a finished workdir, nothing retrains and the report is the same.
   again = train.train_and_evaluate(smoke_config, workdir)
   assert again["macro_f1"] == report["macro_f1"]

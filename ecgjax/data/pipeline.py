@@ -312,6 +312,20 @@ def eval_batches(decoded: decoded_lib.DecodedImages, *, local_batch_size: int,
     yield batch
 
 
+def eval_order(num_examples: int, *, local_batch_size: int, process_count: int) -> np.ndarray:
+  """The example index of each row of the global batches that `eval_batches` makes in every
+  process (process 0's rows of a batch first), all batches concatenated; -1 for padding."""
+  per_process = -(-num_examples // process_count)
+  num_batches = -(-per_process // local_batch_size)
+  rows = []
+  for b in range(num_batches):
+    for p in range(process_count):
+      chunk = np.arange(num_examples)[p::process_count][b * local_batch_size:
+                                                         (b + 1) * local_batch_size]
+      rows += [chunk, np.full(local_batch_size - len(chunk), -1)]
+  return np.concatenate(rows).astype(np.int64)
+
+
 def load(source: Source, config: ml_collections.ConfigDict
          ) -> decoded_lib.DecodedImages | decoded_lib.Joined:
   """The model inputs of every example of `source`, read once and cached (`decoded.load`): pages
