@@ -20,6 +20,7 @@ print(f"  accuracy {report['accuracy']:.3f}  balanced accuracy {report['balanced
 print("Outputs:")
 print(f"  report            {workdir}/eval/report.json")
 print(f"  confusion matrix  {workdir}/eval/confusion_matrix.png")
+print(f"  per page          {workdir}/eval/predictions.csv")
 print(f"  saliency maps     {workdir}/saliency/")
 print(f"  checkpoints       {workdir}/checkpoints/")
 print(f"  TensorBoard       tensorboard --logdir {workdir}")
