@@ -112,3 +112,41 @@ def average_beats(signals: jax.Array, peaks: jax.Array | None = None) -> tuple[j
   counts = weights.sum(axis=1)  # (batch, 13)
   total = jnp.einsum("bklc,bkc->blc", segments, weights)
   return total / jnp.maximum(counts, 1.0)[:, None, :], counts
+
+
+# What `rhythm_features` measures of a page's RR intervals (the time between successive QRS peaks
+# on the rhythm strip), in this order.
+RHYTHM_FEATURES = ("log_mean_rr_s", "rr_cv", "rmssd_over_mean_rr", "max_rr_deviation_over_mean",
+                   "beats_over_10")
+
+
+def rhythm_features(signals: jax.Array, peaks: jax.Array | None = None) -> jax.Array:
+  """(batch, T, 13) page views -> (batch, 5) measures of the rhythm over the strip's 10 s.
+
+  The beat-to-beat regularity that the convolutions, each seeing a second or two, cannot compare
+  across the strip: the log of the mean RR interval (the heart rate), its coefficient of variation,
+  the root mean square of successive RR differences and the largest deviation from the mean, both
+  over the mean, and the number of beats over 10 (`RHYTHM_FEATURES`). From `qrs_peaks` (found on
+  channel 12 when `peaks` is None), under `stop_gradient`: no gradient reaches the signals through
+  them. A page with fewer than two beats gives zeros; with two, no successive differences (0).
+  """
+  hz = rate(signals.shape[1])
+  if peaks is None:
+    peaks = qrs_peaks(signals[:, :, -1], hz)
+  peaks = jax.lax.stop_gradient(peaks)
+  valid = peaks >= 0
+  rr = jnp.diff(peaks, axis=1).astype(jnp.float32) / hz  # (batch, K - 1) seconds.
+  has_rr = valid[:, 1:] & valid[:, :-1]
+  count = has_rr.sum(axis=1)
+  n = jnp.maximum(count, 1).astype(jnp.float32)
+  mean = jnp.where(has_rr, rr, 0.0).sum(axis=1) / n
+  safe_mean = jnp.where(count > 0, mean, 1.0)
+  deviation = jnp.where(has_rr, rr - mean[:, None], 0.0)
+  std = jnp.sqrt((deviation ** 2).sum(axis=1) / n)
+  has_diff = has_rr[:, 1:] & has_rr[:, :-1]
+  successive = jnp.where(has_diff, jnp.diff(rr, axis=1), 0.0)
+  rmssd = jnp.sqrt((successive ** 2).sum(axis=1) / jnp.maximum(has_diff.sum(axis=1), 1))
+  features = jnp.stack([jnp.log(safe_mean), std / safe_mean, rmssd / safe_mean,
+                        jnp.abs(deviation).max(axis=1) / safe_mean,
+                        valid.sum(axis=1).astype(jnp.float32) / 10.0], axis=1)
+  return jnp.where((count > 0)[:, None], features, 0.0).astype(signals.dtype)

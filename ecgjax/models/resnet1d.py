@@ -13,7 +13,10 @@ twelve leads at once (the page shows I, II, III together, then aVR, aVL, aVF, ..
 view, II and aVF, or V2 and V5, never share a time step). With `view='beats'` it reads each lead's
 average heartbeat instead (`ecgjax.models.beats`: the beats aligned on the rhythm strip's QRS
 complexes, 0.7 s, all thirteen channels at the same phase of the cycle), and with `'page+beats'`
-both, through two trunks whose pooled features are joined before the head.
+both, through two trunks whose pooled features are joined before the head. A view ending in
+'+rhythm' also reads the rhythm strip's RR intervals (`beats.rhythm_features`: the rate, their
+variation beat to beat), through a small dense layer joined to the trunks' features: a
+convolution's receptive field spans one or two beats, not the strip's 10 s.
 
 Not for page images: the image models are `cnn`, `mobilenet_v2`, `vgg16` and `fusion`.
 """
@@ -32,7 +35,7 @@ from ecgjax.data.layout import LEADS
 from ecgjax.models import beats as beats_lib
 from ecgjax.models.batch_norm import BatchNorm
 
-VIEWS = ("page", "stacked", "beats", "page+beats")
+VIEWS = ("page", "stacked", "beats", "page+beats", "page+rhythm", "page+beats+rhythm")
 
 
 def stack_leads(signals: jax.Array) -> jax.Array:
@@ -81,7 +84,9 @@ class ResNet1D(nn.Module):
     bn_momentum: BatchNorm moving-average momentum (the trainer also recomputes the statistics).
     dtype: computation dtype; parameters stay float32.
     view: 'page' (the leads where the page shows them), 'stacked' (`stack_leads`), 'beats' (each
-      lead's average beat, `beats.average_beats`) or 'page+beats' (two trunks, features joined).
+      lead's average beat, `beats.average_beats`) or 'page+beats' (two trunks, features joined);
+      '+rhythm' adds the RR-interval measures (`beats.rhythm_features`).
+    rhythm_width: units of the dense layer over the rhythm measures.
   """
   num_classes: int
   stem_width: int = 32
@@ -92,6 +97,7 @@ class ResNet1D(nn.Module):
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   view: str = "page"
+  rhythm_width: int = 16
 
   @nn.compact
   def __call__(self, signals, *, train: bool = False, return_features: bool = False):
@@ -108,6 +114,11 @@ class ResNet1D(nn.Module):
               "beats": lambda: beats_lib.average_beats(signals)[0]}
     features = []
     for view in self.view.split("+"):
+      if view == "rhythm":
+        rhythm = beats_lib.rhythm_features(signals.astype(jnp.float32))
+        features.append(nn.relu(nn.Dense(self.rhythm_width, dtype=self.dtype,
+                                         param_dtype=jnp.float32, name="rhythm_dense")(rhythm)))
+        continue
       beat = view == "beats"
       # The page trunk keeps its names of before the views, so older runs load unchanged.
       prefix = "beats_" if beat else ""
@@ -123,7 +134,7 @@ class ResNet1D(nn.Module):
           x = ResidualBlock1D(width, strides, conv, norm,
                               name=f"{prefix}stage{stage}_block{block}")(x)
       features.append(jnp.mean(x, axis=1))
-    features = jnp.concatenate(features, axis=-1)
+    features = jnp.concatenate([f.astype(self.dtype) for f in features], axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       name="logits")(x).astype(jnp.float32)
