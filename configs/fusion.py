@@ -22,7 +22,12 @@ train the backbones together from scratch in one run instead of restoring traine
 workdirs; their mean probability is the output, and each backbone also learns from its own
 cross-entropy, `config.train.branch_loss_weight`). Joint training measured no better than the
 signal model alone (0.873 both, `joint` ablation, docs/results/joint.md), below the two trained
-apart and fused (0.890 on the same GPU). With a signal backbone and an image one,
+apart and fused (0.890 on the same GPU). A config named n times gives n copies of that model, under
+the keys `signals`, `signals_2`, ...: `configs/fusion.py:signals,signals,signals,joint` trains three
+signal models together, each from its own initialisation on its own cross-entropy, with the signal
+model's own recipe (epochs, rate, checkpoint), and reports their averaged probabilities: a deep
+ensemble (the `signal_ensemble` ablation); without `joint`, it fuses trained runs, e.g. three seeds
+(`--config.fusion.workdirs.signals_2=...`). With a signal backbone and an image one,
 `config.data.input` is 'image+signals': each batch holds the page and its digitized leads (which
 need `config.dataset.manual_dir`, as configs/signals.py does), and each backbone reads its own:
 
@@ -50,16 +55,23 @@ BACKBONES = ("cnn", "mobilenet_v2", "vgg16")  # With no argument: the seed's thr
 OPTIONS = ("smoke", "joint")  # Words of the argument that are not backbones.
 
 
-def _parse(arg: str | None) -> tuple[tuple[str, ...], set[str]]:
-  """'cnn_small,signals,joint,smoke' -> (('cnn_small', 'signals'), {'joint', 'smoke'})."""
+def _parse(arg: str | None) -> tuple[dict[str, str], set[str]]:
+  """'cnn_small,signals,joint,smoke' -> ({'cnn_small': 'cnn_small', 'signals': 'signals'},
+  {'joint', 'smoke'}): each backbone's key and the config file it comes from. A config named again
+  gives another copy of that model: 'signals,signals,signals' -> keys 'signals', 'signals_2',
+  'signals_3' (an ensemble: trained runs of other seeds, or trained together with `joint`)."""
   words = [w.strip() for w in (arg or "").split(",") if w.strip()]
   flags = {w for w in words if w in OPTIONS}
-  keys = tuple(dict.fromkeys(w for w in words if w not in OPTIONS)) or BACKBONES
-  unknown = [k for k in keys if k not in CONFIGS]
-  if unknown or len(keys) < 2:
+  names = [w for w in words if w not in OPTIONS] or list(BACKBONES)
+  unknown = [k for k in names if k not in CONFIGS]
+  if unknown or len(names) < 2:
     raise ValueError(f"Unknown config argument {arg!r}; use two or more backbones of "
-                     f"{sorted(CONFIGS)} separated by commas, and/or {' or '.join(OPTIONS)} "
-                     f"(nothing: {','.join(BACKBONES)}).")
+                     f"{sorted(CONFIGS)} separated by commas (one named n times: n copies of it), "
+                     f"and/or {' or '.join(OPTIONS)} (nothing: {','.join(BACKBONES)}).")
+  keys = {}
+  for name in names:
+    copies = sum(base == name for base in keys.values())
+    keys[f"{name}_{copies + 1}" if copies else name] = name
   return keys, flags
 
 
@@ -76,26 +88,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # The backbones' architectures; replaced by each workdir's own config when one is given.
   config.model.backbones = ml_collections.ConfigDict(
-      {key: CONFIGS[key].get_config("smoke" if smoke else None).model for key in keys})
+      {key: CONFIGS[name].get_config("smoke" if smoke else None).model
+       for key, name in keys.items()})
   config.fusion = ml_collections.ConfigDict()
   # Trained runs to restore each backbone from ('' = train that backbone from scratch, which
   # needs freeze_backbones=False).
   config.fusion.workdirs = ml_collections.ConfigDict({key: "" for key in keys})
-  reads = {"signals" if key == "signals" else "image" for key in keys}
+  reads = {"signals" if name == "signals" else "image" for name in keys.values()}
   config.data.input = "image+signals" if len(reads) == 2 else reads.pop()
   config.data.image_size = (256, 448)
   if "joint" in flags:  # Trained together from scratch: base_config's epochs, rate, BN recompute.
     config.model.method = "mean_probs"
     config.model.freeze_backbones = False
     config.model.bn_momentum = 0.9  # One field for all, so that their statistics are recomputed.
-    # 0.873 +- 0.051 against 0.871 (0) and 0.840 (1) over 3 seeds x 5 folds (docs/results/joint.md).
-    config.train.branch_loss_weight = 0.5
+    if len(set(keys.values())) == 1:
+      # Copies of one model (e.g. 'signals,signals,signals,joint'): a deep ensemble, each copy
+      # from its own initialisation on its own cross-entropy, with that model's own recipe.
+      own = CONFIGS[next(iter(keys.values()))].get_config(None)
+      config.train = own.train
+      config.eval.checkpoint = own.eval.checkpoint
+      config.train.branch_loss_weight = 1.0
+    else:
+      # 0.873 +- 0.051 against 0.871 (0) and 0.840 (1), 3 seeds x 5 folds (docs/results/joint.md).
+      config.train.branch_loss_weight = 0.5
   else:  # A head over frozen, trained backbones.
     config.train.num_epochs = 10
     config.train.learning_rate = 1e-3
     config.train.bn_recompute_batches = 0  # Frozen backbones keep their own evaluation statistics.
   if smoke:
     config = default.smoke(config)
-  if config.data.input != "image":
-    config.saliency.num_pages = 0  # Maps are drawn for page-image models only.
+  if config.data.input == "image+signals":
+    config.saliency.num_pages = 0  # Maps are drawn for page models or signal models, not both.
+  elif config.data.input == "signals":  # Signal models only: maps on the digitized traces.
+    config.saliency.method = signals.get_config().saliency.method
   return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import jax
 import jax.numpy as jnp
@@ -291,3 +292,33 @@ def test_backbones_trained_together_in_one_run(tfds_data_dir, tmp_path):
   config.model.freeze_backbones = True
   with pytest.raises(validate.ConfigError, match="branch_loss_weight.*freeze_backbones=False"):
     validate.check(config)
+
+
+def test_copies_of_one_model_trained_together_are_an_ensemble(tfds_data_dir, tmp_path):
+  """`configs/fusion.py:signals,signals,joint`: two copies of the signal model under their own keys,
+  with the signal model's recipe, each from its own initialisation on its own cross-entropy only;
+  they end apart, and the run reports their averaged probabilities."""
+  from configs import fusion  # pylint: disable=g-import-not-at-top
+  from configs import signals  # pylint: disable=g-import-not-at-top
+  from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from ecgjax import train  # pylint: disable=g-import-not-at-top
+  config = fusion.get_config("signals,signals,joint,smoke")
+  assert list(config.model.backbones) == ["signals", "signals_2"]
+  assert config.data.input == "signals" and config.train.branch_loss_weight == 1.0
+  own = signals.get_config("smoke")
+  assert config.train.learning_rate == own.train.learning_rate
+  assert config.eval.checkpoint == own.eval.checkpoint
+  with pytest.raises(ValueError, match="one named n times"):
+    fusion.get_config("signals,nope")
+  config.dataset.data_dir = tfds_data_dir
+  workdir = str(tmp_path / "ensemble")
+  report = train.train_and_evaluate(config, workdir)
+  assert report["model"] == "fusion" and report["num_examples"] == 4
+  # The ensemble is explained as a signal model is, on the test pages' digitized traces.
+  maps = sorted(os.listdir(os.path.join(workdir, "saliency")))
+  assert len([m for m in maps if m.endswith(".png")]) >= config.saliency.num_pages > 0, maps
+  params = checkpoints.load_model(workdir).variables["params"]
+  first, second = params["backbone_signals"], params["backbone_signals_2"]
+  assert jax.tree_util.tree_structure(first) == jax.tree_util.tree_structure(second)
+  gaps = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), first, second)
+  assert min(jax.tree_util.tree_leaves(gaps)) > 0  # Every tensor its own, not one model twice.
