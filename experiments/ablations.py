@@ -240,6 +240,24 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("augment", {"data.augment": SIGNAL_AUGMENT})),
             config="configs/signals.py"),
         Ablation(
+            "signal_rhythm",
+            "The signal model (configs/signals.py, the default) with and without the rhythm "
+            "strip's RR intervals measured (the rate, their variation beat to beat: "
+            "ecgjax/models/beats.py rhythm_features) beside its convolutions, which see one or "
+            "two beats at a time.",
+            arms=(Arm("page", {"model.view": "page"}),
+                  Arm("page+rhythm", {"model.view": "page+rhythm"})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
+            "signal_ensemble",
+            "The signal model (configs/signals.py, the default) against three copies of it "
+            "trained together in one run, each from its own initialisation on its own "
+            "cross-entropy, their probabilities averaged (a deep ensemble, three times the "
+            "compute: configs/fusion.py:signals,signals,signals,joint).",
+            arms=(Arm("single"),
+                  Arm("ensemble3", config="configs/fusion.py:signals,signals,signals,joint")),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
             "pretraining",
             "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "
             "data with config.init_from, against training from scratch.",
