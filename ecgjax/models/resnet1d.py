@@ -110,12 +110,16 @@ class ResNet1D(nn.Module):
                              epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32)
     if self.view not in VIEWS:
       raise ValueError(f"ResNet1D.view={self.view!r} (config.model.view); use one of {VIEWS}.")
+    views = self.view.split("+")
+    # The rhythm strip's QRS peaks, found once for the views that read them.
+    peaks = (beats_lib.qrs_peaks(signals[:, :, -1], beats_lib.rate(signals.shape[1]))
+             if {"beats", "rhythm"} & set(views) else None)
     inputs = {"page": lambda: signals, "stacked": lambda: stack_leads(signals),
-              "beats": lambda: beats_lib.average_beats(signals)[0]}
+              "beats": lambda: beats_lib.average_beats(signals, peaks)[0]}
     features = []
-    for view in self.view.split("+"):
+    for view in views:
       if view == "rhythm":
-        rhythm = beats_lib.rhythm_features(signals.astype(jnp.float32))
+        rhythm = beats_lib.rhythm_features(signals.astype(jnp.float32), peaks)
         features.append(nn.relu(nn.Dense(self.rhythm_width, dtype=self.dtype,
                                          param_dtype=jnp.float32, name="rhythm_dense")(rhythm)))
         continue
@@ -134,7 +138,7 @@ class ResNet1D(nn.Module):
           x = ResidualBlock1D(width, strides, conv, norm,
                               name=f"{prefix}stage{stage}_block{block}")(x)
       features.append(jnp.mean(x, axis=1))
-    features = jnp.concatenate([f.astype(self.dtype) for f in features], axis=-1)
+    features = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                       name="logits")(x).astype(jnp.float32)
