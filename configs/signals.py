@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'stacked': each lead's 2.5 s side by side; 'beats': each lead's average beat; 'page+beats':
   # both (models/resnet1d.py, models/beats.py; the signal_view ablation).
   config.model.view = "page"
+  # How each trunk's features are pooled over time: 'mean', 'max' or 'mean+max' (the
+  # signal_pooling ablation).
+  config.model.pooling = "mean"
   config.train.num_epochs = 60
   config.train.learning_rate = 3e-3
   config.train.weight_decay = 1e-4
@@ -51,16 +54,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Maps of the first test pages, drawn on their digitized traces (ecgjax/saliency/signals.py);
   # Grad-CAM is for page models.
   config.saliency.method = "integrated_gradients"
-  if arg == "pretrain":
+  args = [a for a in (arg or "").split(",") if a]
+  unknown = [a for a in args if a not in ("pretrain", "smoke")]
+  if unknown:
+    raise ValueError(f"Unknown config argument {unknown[0]!r}; use 'smoke', 'pretrain', "
+                     "'pretrain,smoke' or nothing.")
+  if "pretrain" in args:
     config.dataset.name = "ecg_signals_sim"
     config.dataset.config = "large"  # 4000 simulated recordings (about 2 min to simulate once).
     config.data.test_fold = None  # The test is on real pages, after fine-tuning.
     config.train.num_epochs = 10
     config.train.batch_size = 32
-  elif arg == "smoke":
+  if "smoke" in args:
     config = default.smoke(config)
     config.model.stem_width = 4
     config.model.widths = (4, 8)
-  elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}; use 'smoke', 'pretrain' or nothing.")
   return config

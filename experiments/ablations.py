@@ -61,6 +61,9 @@ SIGNAL_AUGMENT = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(
 _FOUR_FOLDS = {"data.val_fold": None, "eval.checkpoint": "latest"}
 # The page CNN and the signal model fused by averaging their probabilities: nothing to train.
 _FUSED_IMAGE_SIGNALS = "configs/fusion.py:cnn_small,signals"
+# Pre-training on simulated records: their fold 0 is its test (a record of how well it learned the
+# simulator), the other four train it.
+_SIM = {"dataset.name": "ecg_signals_sim", "data.test_fold": 0, "data.val_fold": None}
 _FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
 
 ABLATIONS: dict[str, Ablation] = {
@@ -257,6 +260,29 @@ ABLATIONS: dict[str, Ablation] = {
             arms=(Arm("single"),
                   Arm("ensemble3", config="configs/fusion.py:signals,signals,signals,joint")),
             config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
+            "signal_pooling",
+            "How the signal model (configs/signals.py, the default) pools its last feature map "
+            "over time: the mean (a wave counts by how long it lasts), the max (a wave seen once, "
+            "one extrasystole of the strip or one lead's ST segment, counts fully), and both "
+            "concatenated.",
+            arms=(Arm("mean", {"model.pooling": "mean"}),
+                  Arm("max", {"model.pooling": "max"}),
+                  Arm("mean+max", {"model.pooling": "mean+max"})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
+            "signal_pretraining",
+            "The signal model (configs/signals.py, the default) from scratch against pre-trained "
+            "on 4,000 simulated recordings (configs/signals.py:pretrain, one run per seed; the "
+            "simulator draws every class, mi's ST elevation included, as often as the others) "
+            "and then fine-tuned on the real pages with the default recipe.",
+            arms=(Arm("pretrain_sim", {**_SIM, "dataset.config": "large"},
+                      config="configs/signals.py:pretrain", per_fold=False,
+                      smoke_overrides={**_SIM, "dataset.config": "tiny"}),
+                  Arm("scratch"),
+                  Arm("finetune", needs={"init_from": "pretrain_sim"})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0},
+            hidden=("pretrain_sim",)),
         Ablation(
             "pretraining",
             "Synthetic pre-training: pre-train on ecg_synth/large, then fine-tune on the target "

@@ -85,3 +85,51 @@ def test_stacked_view_lines_each_lead_up_from_its_page_column():
   assert variables["params"]["stem"]["kernel"].shape[1] == 16
   with pytest.raises(ValueError, match="config.model.view"):
     _tiny(view="rows").init(jax.random.key(0), jnp.asarray(x))
+
+
+def test_pooling_max_and_mean_plus_max():
+  """pooling='max' keeps the largest value of each feature over time, 'mean+max' both, with the
+  same trunk: the same parameters give max >= mean everywhere (the block ends in a ReLU), and
+  more where a feature fires once, as on one extrasystole of the strip."""
+  x = np.zeros((2, 200, 13), np.float32)
+  x[:, 100:104, 12] = 3.0  # One beat on the rhythm strip, nothing else.
+  x[1, 20:24, 0] = 2.0  # The second page also has a wave in lead I.
+  x = jnp.asarray(x)
+  mean = _tiny()
+  variables = mean.init(jax.random.key(1), x)
+  _, f_mean = mean.apply(variables, x, return_features=True)
+  _, f_max = _tiny(pooling="max").apply(variables, x, return_features=True)
+  f_mean, f_max = np.asarray(f_mean), np.asarray(f_max)
+  assert f_max.shape == f_mean.shape == (2, 8)
+  assert np.all(f_max >= f_mean - 1e-6) and np.any(f_max > f_mean + 1e-3)
+  both = _tiny(pooling="mean+max")
+  both_vars = both.init(jax.random.key(1), x)
+  assert both_vars["params"]["logits"]["kernel"].shape == (16, 4)
+  # The trunk's parameters are the same ones: the features are the two poolings side by side.
+  both_vars = {**both_vars, "params": {**variables["params"],
+                                       "logits": both_vars["params"]["logits"]}}
+  logits, f_both = both.apply(both_vars, x, return_features=True)
+  np.testing.assert_allclose(np.asarray(f_both), np.concatenate([f_mean, f_max], -1), atol=1e-6)
+  assert logits.shape == (2, 4)
+  with pytest.raises(ValueError, match="config.model.pooling"):
+    _tiny(pooling="attention").init(jax.random.key(0), x)
+
+
+def test_config_pooling_reaches_the_model():
+  config = signals_config.get_config("smoke")
+  assert config.model.pooling == "mean"
+  config.model.pooling = "mean+max"
+  assert models.create_model(config.model).pooling == "mean+max"
+
+
+def test_config_arguments_combine():
+  """'pretrain,smoke' is the pre-training recipe shrunk for a smoke run (what a sweep's --smoke
+  asks of the signal_pretraining ablation); an unknown argument is named."""
+  pretrain = signals_config.get_config("pretrain")
+  both = signals_config.get_config("pretrain,smoke")
+  assert pretrain.dataset.name == both.dataset.name == "ecg_signals_sim"
+  assert pretrain.dataset.config == "large" and both.dataset.config == "tiny"
+  assert pretrain.data.test_fold is None and both.data.test_fold is None
+  assert both.model.widths == (4, 8) and pretrain.model.widths == (32, 64, 128, 128)
+  with pytest.raises(ValueError, match="'pretrian'"):
+    signals_config.get_config("pretrian,smoke")

@@ -36,6 +36,7 @@ from ecgjax.models import beats as beats_lib
 from ecgjax.models.batch_norm import BatchNorm
 
 VIEWS = ("page", "stacked", "beats", "page+beats", "page+rhythm", "page+beats+rhythm")
+POOLINGS = ("mean", "max", "mean+max")
 
 
 def stack_leads(signals: jax.Array) -> jax.Array:
@@ -87,6 +88,10 @@ class ResNet1D(nn.Module):
       lead's average beat, `beats.average_beats`) or 'page+beats' (two trunks, features joined);
       '+rhythm' adds the RR-interval measures (`beats.rhythm_features`).
     rhythm_width: units of the dense layer over the rhythm measures.
+    pooling: how each trunk's last feature map becomes one vector: 'mean' over time, 'max' over
+      time (a wave seen once in the 10 s, an extrasystole or one lead's ST segment, counts as much
+      as one seen throughout), or 'mean+max', both concatenated (the concat pooling of the 1-D
+      models benchmarked on PTB-XL, Strodthoff et al. 2021, IEEE JBHI 25:1519).
   """
   num_classes: int
   stem_width: int = 32
@@ -98,6 +103,7 @@ class ResNet1D(nn.Module):
   dtype: Any = jnp.float32
   view: str = "page"
   rhythm_width: int = 16
+  pooling: str = "mean"
 
   @nn.compact
   def __call__(self, signals, *, train: bool = False, return_features: bool = False):
@@ -110,6 +116,9 @@ class ResNet1D(nn.Module):
                              epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32)
     if self.view not in VIEWS:
       raise ValueError(f"ResNet1D.view={self.view!r} (config.model.view); use one of {VIEWS}.")
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"ResNet1D.pooling={self.pooling!r} (config.model.pooling); use one of "
+                       f"{POOLINGS}.")
     views = self.view.split("+")
     # The rhythm strip's QRS peaks, found once for the views that read them.
     peaks = (beats_lib.qrs_peaks(signals[:, :, -1], beats_lib.rate(signals.shape[1]))
@@ -137,7 +146,8 @@ class ResNet1D(nn.Module):
           strides = 2 if block == 0 and stage > 0 else 1
           x = ResidualBlock1D(width, strides, conv, norm,
                               name=f"{prefix}stage{stage}_block{block}")(x)
-      features.append(jnp.mean(x, axis=1))
+      pooled = {"mean": lambda y: jnp.mean(y, axis=1), "max": lambda y: jnp.max(y, axis=1)}
+      features += [pooled[p](x) for p in self.pooling.split("+")]
     features = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
