@@ -271,6 +271,17 @@ ABLATIONS: dict[str, Ablation] = {
                   Arm("mean+max", {"model.pooling": "mean+max"})),
             config="configs/signals.py", overrides={"saliency.num_pages": 0}),
         Ablation(
+            "signal_imbalance",
+            "The class imbalance (mi is 6% of the pages) for the signal model (configs/signals.py, "
+            "the default), as the imbalance ablation for the page CNN: plain cross-entropy, class "
+            "weights inverse to the training frequency (the default), and a focal loss (gamma 2) "
+            "with those weights.",
+            arms=(Arm("balanced", {"train.class_weights": "balanced"}),
+                  Arm("none", {"train.class_weights": "none"}),
+                  Arm("balanced_focal2", {"train.class_weights": "balanced",
+                                          "train.focal_gamma": 2.0})),
+            config="configs/signals.py", overrides={"saliency.num_pages": 0}),
+        Ablation(
             "signal_pretraining",
             "The signal model (configs/signals.py, the default) from scratch against pre-trained "
             "on 4,000 simulated recordings (configs/signals.py:pretrain, one run per seed; the "
