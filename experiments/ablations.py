@@ -61,10 +61,10 @@ SIGNAL_AUGMENT = "amplitude(0.2)|time_shift(0.01)|signal_noise(0.03)|drop_leads(
 _FOUR_FOLDS = {"data.val_fold": None, "eval.checkpoint": "latest"}
 # The page CNN and the signal model fused by averaging their probabilities: nothing to train.
 _FUSED_IMAGE_SIGNALS = "configs/fusion.py:cnn_small,signals"
+_FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
 # Pre-training on simulated records: their fold 0 is its test (a record of how well it learned the
 # simulator), the other four train it.
 _SIM = {"dataset.name": "ecg_signals_sim", "data.test_fold": 0, "data.val_fold": None}
-_FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
 
 ABLATIONS: dict[str, Ablation] = {
     a.name: a for a in (
@@ -284,9 +284,10 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "signal_pretraining",
             "The signal model (configs/signals.py, the default) from scratch against pre-trained "
-            "on 4,000 simulated recordings (configs/signals.py:pretrain, one run per seed; the "
-            "simulator draws every class, mi's ST elevation included, as often as the others) "
-            "and then fine-tuned on the real pages with the default recipe.",
+            "on simulated recordings (configs/signals.py:pretrain, one run per seed on 3,200 of "
+            "ecg_signals_sim/large's 4,000; the simulator draws every class, mi's ST elevation "
+            "included, as often as the others) and then fine-tuned on the real pages with the "
+            "default recipe.",
             arms=(Arm("pretrain_sim", {**_SIM, "dataset.config": "large"},
                       config="configs/signals.py:pretrain", per_fold=False,
                       smoke_overrides={**_SIM, "dataset.config": "tiny"}),

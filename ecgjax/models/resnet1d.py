@@ -37,6 +37,7 @@ from ecgjax.models.batch_norm import BatchNorm
 
 VIEWS = ("page", "stacked", "beats", "page+beats", "page+rhythm", "page+beats+rhythm")
 POOLINGS = ("mean", "max", "mean+max")
+_POOL = {"mean": jnp.mean, "max": jnp.max}  # Over time, for each part of a pooling's name.
 
 
 def stack_leads(signals: jax.Array) -> jax.Array:
@@ -146,8 +147,7 @@ class ResNet1D(nn.Module):
           strides = 2 if block == 0 and stage > 0 else 1
           x = ResidualBlock1D(width, strides, conv, norm,
                               name=f"{prefix}stage{stage}_block{block}")(x)
-      pooled = {"mean": lambda y: jnp.mean(y, axis=1), "max": lambda y: jnp.max(y, axis=1)}
-      features += [pooled[p](x) for p in self.pooling.split("+")]
+      features += [_POOL[p](x, axis=1) for p in self.pooling.split("+")]
     features = jnp.concatenate(features, axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
