@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app
 from absl import flags
+from sklearn import metrics as skm
 
 from ecgjax.classes import CLASS_NAMES
 
@@ -74,22 +75,18 @@ def read_arm(arm_dir: str) -> tuple[dict[str, Page], int]:
 
 
 def pooled_macro_f1(true: Sequence[str], predicted: Sequence[str]) -> float:
-  """Macro-F1 over CLASS_NAMES of one prediction per page (F1 0 for a class never right)."""
-  t, p = np.asarray(true), np.asarray(predicted)
-  scores = []
-  for c in CLASS_NAMES:
-    tp = np.sum((t == c) & (p == c))
-    fp_fn = np.sum((t == c) != (p == c))
-    scores.append(2 * tp / (2 * tp + fp_fn) if tp else 0.0)
-  return float(np.mean(scores))
+  """Macro-F1 over CLASS_NAMES of one prediction per page, as the runs' reports compute it
+  (`ecgjax.report.classification_report`: F1 0 for a class never right)."""
+  return float(skm.f1_score(true, predicted, labels=list(CLASS_NAMES), average="macro",
+                            zero_division=0))
 
 
 def ceiling(pages: dict[str, Page], wrong: Sequence[str]) -> float:
   """Pooled macro-F1 if the pages `wrong` were taken for their usual wrong class and every other
   page of `pages` were right."""
-  names = sorted(pages)
+  names, wrong = sorted(pages), set(wrong)
   true = [pages[n].true_class for n in names]
-  predicted = [pages[n].taken_for if n in set(wrong) else pages[n].true_class for n in names]
+  predicted = [pages[n].taken_for if n in wrong else pages[n].true_class for n in names]
   return pooled_macro_f1(true, predicted)
 
 
