@@ -95,6 +95,22 @@ ABLATIONS: dict[str, Ablation] = {
             config="configs/mobilenet_v2.py", overrides={**_SHARED_INPUT, **_FOUR_FOLDS},
             smoke_overrides={**_SMOKE_INPUT, **_FOUR_FOLDS}),
         Ablation(
+            "page_augmentation",
+            "The page models' training augmentation (rotation by up to 2 degrees, scale 5%, "
+            "translation 2%, brightness and contrast 15%) against none, on models_four_folds' "
+            "input and folds. Rotating or rescaling resamples the page, which greys the 1-2 px "
+            "trace that the ECG input's min-pooling keeps black. Each set of three is fused by "
+            "averaging its probabilities.",
+            arms=(*(Arm(f"{a.name}_{aug}", {"data.augment": AUGMENT if aug == "augment" else ""},
+                        config=a.config)
+                    for a in (*BACKBONES, Arm("cnn_small", config="configs/cnn_small.py"))
+                    for aug in ("augment", "none")),
+                  *(Arm(f"fused_{aug}", _FUSED_MEAN_PROBS, config="configs/fusion.py",
+                        needs={field: f"{arm}_{aug}" for field, arm in _FUSION_NEEDS.items()})
+                    for aug in ("augment", "none"))),
+            overrides={**_SHARED_INPUT, **_FOUR_FOLDS},
+            smoke_overrides={**_SMOKE_INPUT, **_FOUR_FOLDS}),
+        Ablation(
             "fusion_method",
             "How to fuse the three trained backbones: an MLP on concatenated penultimate "
             "features, averaged probabilities, or learned weights over logits.",
@@ -314,6 +330,23 @@ def get(name: str) -> Ablation:
   if name not in ABLATIONS:
     raise ValueError(f"Unknown ablation {name!r}; available: {sorted(ABLATIONS)}.")
   return ABLATIONS[name]
+
+
+def with_needs(ablation: Ablation, names: Sequence[str]) -> set[str]:
+  """The arms `names` and every arm they need, directly or not; an unknown name is a ValueError
+  naming it and the ablation's arms."""
+  by_name = {a.name: a for a in ablation.arms}
+  unknown = [n for n in names if n not in by_name]
+  if unknown:
+    raise ValueError(f"Ablation {ablation.name!r} has no arm {', '.join(map(repr, unknown))}; its "
+                     f"arms: {', '.join(by_name)}.")
+  selected, todo = set(), list(names)
+  while todo:
+    name = todo.pop()
+    if name not in selected:
+      selected.add(name)
+      todo.extend(by_name[name].needs.values())
+  return selected
 
 
 def depth(arm: Arm, arms: Sequence[Arm]) -> int:

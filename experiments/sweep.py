@@ -211,14 +211,19 @@ def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) 
 
 def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
               folds: Sequence[int], *, smoke: bool = False, processes: int = 1,
-              common: dict[str, Any] | None = None) -> list[Run]:
-  """Runs every unfinished run (dependencies first), then writes the aggregate tables."""
+              common: dict[str, Any] | None = None,
+              arms: Sequence[str] | None = None) -> list[Run]:
+  """Runs every unfinished run (dependencies first), then writes the aggregate tables.
+
+  `arms` runs only those arms and the arms they need; the tables still show every arm's finished
+  runs (so two sweeps of one ablation can run different arms side by side, e.g. on one GPU)."""
   common = dict(common or {})
   if smoke:
     common.setdefault("dataset.name", "ecg_synth")
     common.setdefault("dataset.config", "tiny")
   runs = plan(ablation, root, seeds, folds)
-  todo = [r for r in runs if not r.finished]
+  selected = ablations.with_needs(ablation, arms) if arms else {a.name for a in ablation.arms}
+  todo = [r for r in runs if not r.finished and r.arm.name in selected]
   logging.info("%s: %d runs, %d finished, %d to do.", ablation.name, len(runs),
                len(runs) - len(todo), len(todo))
   # Runs wait for the arms they need; within a wave they are independent.
@@ -412,6 +417,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("root", "runs/ablations", "Where the sweep's workdirs and tables go.")
   flags.DEFINE_list("seeds", ["0"], "Seeds.")
   flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Test folds (validation: the next fold).")
+  flags.DEFINE_list("arms", None, "Run only these arms of the ablation (and the arms they need); "
+                    "the tables show every arm's finished runs.")
   flags.DEFINE_string("manual_dir", None, "The real release, for ablations on ecg_images.")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
   flags.DEFINE_bool("smoke", False, "Smoke variants of every config on ecg_synth/tiny.")
@@ -437,8 +444,13 @@ def main(argv):
     common["dataset.manual_dir"] = os.path.abspath(os.path.expanduser(FLAGS.manual_dir))
   if FLAGS.data_dir:
     common["dataset.data_dir"] = os.path.abspath(FLAGS.data_dir)
+  if FLAGS.arms:
+    try:
+      ablations.with_needs(ablation, FLAGS.arms)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
   run_sweep(ablation, FLAGS.root, [int(s) for s in FLAGS.seeds], [int(f) for f in FLAGS.folds],
-            smoke=FLAGS.smoke, processes=FLAGS.processes, common=common)
+            smoke=FLAGS.smoke, processes=FLAGS.processes, common=common, arms=FLAGS.arms)
 
 
 if __name__ == "__main__":

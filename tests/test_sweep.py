@@ -94,3 +94,40 @@ def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_d
   assert len(ready) == 1 and len(second) == 1 and ready[0] < second[0], out.stderr[-3000:]
   rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
   assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "2"], ["dropout=0.5", "2"]]
+
+
+def test_arms_run_only_those_and_what_they_need(tfds_data_dir, tmp_path):
+  ablation = ablations.get("pretraining")
+  common = {"dataset.data_dir": tfds_data_dir, "saliency.num_pages": 0, "train.num_epochs": 1}
+  kwargs = dict(seeds=[0], folds=[0], smoke=True, processes=0, common=common)
+  runs = sweep.run_sweep(ablation, str(tmp_path), arms=["finetune"], **kwargs)
+  # The arm asked for and the pre-training it restores ran; the other arm did not.
+  assert {r.arm.name for r in runs if r.finished} == {"pretrain_synth", "finetune"}
+  assert not (tmp_path / "pretraining" / "scratch").exists()
+  rows = (tmp_path / "pretraining" / "results.csv").read_text().splitlines()
+  assert [r.split(",")[0] for r in rows[1:]] == ["finetune"]
+  # A second sweep of another arm leaves the finished runs alone; the table shows every arm's.
+  stamp = os.path.getmtime(runs[-1].workdir + "/eval/report.json")
+  runs = sweep.run_sweep(ablation, str(tmp_path), arms=["scratch"], **kwargs)
+  assert all(r.finished for r in runs)
+  assert os.path.getmtime(runs[-1].workdir + "/eval/report.json") == stamp
+  rows = (tmp_path / "pretraining" / "results.csv").read_text().splitlines()
+  assert [r.split(",")[0] for r in rows[1:]] == ["scratch", "finetune"]
+  with pytest.raises(ValueError, match="has no arm 'fine_tune'; its arms: pretrain_synth, "):
+    sweep.run_sweep(ablation, str(tmp_path), arms=["fine_tune"], **kwargs)
+
+
+def test_page_augmentation_arms_differ_only_in_augmentation():
+  ablation = ablations.get("page_augmentation")
+  arms = {a.name: a for a in ablation.arms}
+  for name in ("cnn", "mobilenet_v2", "vgg16", "cnn_small"):
+    config = sweep.apply_overrides(sweep.load_config(arms[f"{name}_augment"].config),
+                                   arms[f"{name}_augment"].overrides)
+    plain = sweep.apply_overrides(sweep.load_config(arms[f"{name}_none"].config),
+                                  arms[f"{name}_none"].overrides)
+    assert config.data.augment == ablations.AUGMENT and plain.data.augment == ""
+    plain.data.augment = config.data.augment
+    assert plain.to_dict() == config.to_dict()
+  assert set(arms["fused_none"].needs.values()) == {"cnn_none", "mobilenet_v2_none", "vgg16_none"}
+  assert set(arms["fused_augment"].needs.values()) == {
+      "cnn_augment", "mobilenet_v2_augment", "vgg16_augment"}

@@ -44,6 +44,13 @@ BACKBONE_PREFIX = "backbone_"  # Backbone <key>'s variables are the subtree `bac
 BRANCHES = "branches"  # Collection of each backbone's own logits, for the train step's branch loss.
 
 
+def mean_probs(logits: Sequence[jax.Array]) -> jax.Array:
+  """The log of the backbones' averaged softmax probabilities (the 'mean_probs' fusion): softmax
+  and cross-entropy on it see exactly the averaged probabilities."""
+  log_probs = jnp.stack([jax.nn.log_softmax(l) for l in logits])
+  return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(logits))
+
+
 def input_of(spec: Any) -> str:
   """Which entry of a dict input a backbone reads: 'signals' for a signal model, else 'image'.
 
@@ -141,8 +148,7 @@ class FusedModel(nn.Module):
       logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                         name="fusion_logits")(hidden).astype(jnp.float32)
     elif self.method == "mean_probs":
-      log_probs = jnp.stack([jax.nn.log_softmax(l) for l in all_logits])
-      logits = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(all_logits))
+      logits = mean_probs(all_logits)
     else:
       weights = jax.nn.softmax(self.param("fusion_weights", nn.initializers.zeros,
                                           (len(all_logits),), jnp.float32))
