@@ -6,6 +6,8 @@ bit-equal: PIL rounds to uint8 and approximates a Gaussian blur by box blurs).
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +17,12 @@ from PIL import Image, ImageFilter
 from ecgjax.data import augment
 
 AUGMENTATIONS = {
-    "rotate": "rotate(5)", "scale": "scale(0.1)", "translate": "translate(0.1)",
+    "rotate": "rotate(5)", "scale": "scale(0.1)", "translate": "translate(0.1)", "shift": "shift(8)",
     "perspective": "perspective(0.05)", "brightness": "brightness(0.2)",
     "contrast": "contrast(0.3)", "blur": "blur(2, p=1.0)", "noise": "noise(8)",
 }
-ZERO_STRENGTH = ["rotate(0)", "scale(0)", "translate(0)", "perspective(0)", "brightness(0)",
+ZERO_STRENGTH = ["rotate(0)", "scale(0)", "translate(0)", "shift(0)", "perspective(0)",
+                 "brightness(0)",
                  "contrast(0)", "blur(0, p=1.0)", "noise(0)"]
 PAPER = (250, 240, 240)
 GRID = (235, 170, 175)
@@ -190,6 +193,32 @@ def test_translation_matches_pil_and_moves_content():
   rows, cols = np.nonzero(moved[..., 0] < 128)
   assert cols.mean() == pytest.approx(49.5 + dx, abs=0.6)
   assert rows.mean() == pytest.approx(49.5 + dy, abs=0.6)
+
+
+def test_shift_moves_whole_pixels_and_keeps_every_value():
+  image = _page()
+  h, w = image.shape[:2]
+  outs = _run("shift(6)", np.stack([image] * 8), seed=3)
+  fill = np.asarray(augment.paper_colour(jnp.asarray(image[None])))[0]
+  moves = set()
+  for out in outs:
+    for dx, dy in itertools.product(range(-6, 7), repeat=2):
+      ys, xs = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+      source = image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+      if np.array_equal(out[ys, xs], source):  # Exactly the page's pixels, moved by (dx, dy).
+        exposed = np.ones((h, w), bool)
+        exposed[ys, xs] = False
+        np.testing.assert_allclose(out[exposed], np.broadcast_to(fill, out[exposed].shape))
+        moves.add((dx, dy))
+        break
+    else:
+      raise AssertionError("an output is not the page moved by whole pixels")
+  assert len(moves) > 4  # The moves vary.
+  # Translating by fractions of a pixel greys the black trace (red channel: trace 0, grid 235,
+  # paper 250); shifting never does.
+  grey = lambda x: ((x[..., 0] > 10) & (x[..., 0] < 200)).sum()  # noqa: E731
+  assert grey(image) == grey(outs) == 0
+  assert grey(_run("translate(0.05)", np.stack([image] * 8), seed=3)) > 100
 
 
 def _pil_perspective_coefficients(moves: np.ndarray, w: int, h: int) -> np.ndarray:

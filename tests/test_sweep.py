@@ -125,9 +125,12 @@ def test_page_augmentation_arms_differ_only_in_augmentation():
                                    arms[f"{name}_augment"].overrides)
     plain = sweep.apply_overrides(sweep.load_config(arms[f"{name}_none"].config),
                                   arms[f"{name}_none"].overrides)
+    sharp = sweep.apply_overrides(sweep.load_config(arms[f"{name}_sharp"].config),
+                                  arms[f"{name}_sharp"].overrides)
     assert config.data.augment == ablations.AUGMENT and plain.data.augment == ""
-    plain.data.augment = config.data.augment
-    assert plain.to_dict() == config.to_dict()
+    assert sharp.data.augment == ablations.SHARP_AUGMENT
+    plain.data.augment = sharp.data.augment = config.data.augment
+    assert plain.to_dict() == config.to_dict() == sharp.to_dict()
   assert set(arms["fused_none"].needs.values()) == {"cnn_none", "mobilenet_v2_none", "vgg16_none"}
   assert set(arms["fused_augment"].needs.values()) == {
       "cnn_augment", "mobilenet_v2_augment", "vgg16_augment"}

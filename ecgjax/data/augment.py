@@ -7,7 +7,7 @@ as a static argument; `Augmentation.apply(images, key)` runs inside the jitted s
 from `key`, which the step derives from the run's seed and the step number: a resumed run sees the
 same augmentation, and so does a batch split over any number of devices.
 
-Geometric ops (rotate, scale, translate, perspective) each give a 3x3 projective map per example;
+Geometric ops (rotate, scale, translate, shift, perspective) each give a 3x3 projective map per example;
 consecutive ones are multiplied into one map and the image is resampled once (bilinear), with the
 paper colour seen at the image's edge filled in where the page moved away, never black. Photometric
 ops (brightness, contrast, blur, noise) act on the float image and clip to 0..255.
@@ -308,6 +308,26 @@ class Translate(GeometricOp):
     h, w = hw
     shift = _between(draws, -self.max_fraction, self.max_fraction)
     return translation_map(shift[:, 0] * w, shift[:, 1] * h)
+
+
+@register("shift")
+@dataclasses.dataclass(frozen=True)
+class Shift(GeometricOp):
+  """Shifts by a whole number of pixels, uniform in [-max_pixels, max_pixels] in each direction.
+
+  Alone (or with photometric ops only) it moves the page without resampling it: every pixel keeps
+  its value, so a 1-2 px trace stays black, where `translate`'s fractional shifts (and `rotate`,
+  `scale`) interpolate it into a grey band. Next to other geometric ops it joins their one map.
+  """
+  max_pixels: int = 0
+  bounds = (0, 64)  # Of max_pixels.
+
+  num_draws = 2
+
+  def _maps(self, draws, hw):
+    span = 2 * self.max_pixels + 1
+    shift = jnp.minimum(jnp.floor(draws * span), span - 1) - self.max_pixels
+    return translation_map(shift[:, 0], shift[:, 1])
 
 
 @register("perspective")
