@@ -77,6 +77,18 @@ def plot_confusion_matrix(report: dict[str, Any], path: str, title: str = "") ->
   plt.close(fig)
 
 
+# A run's per-page test predictions (RUN/eval/predictions.csv): these columns, one row per page.
+PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in CLASS_NAMES)
+
+
+def prediction_row(source_path: str, true_class: str, probabilities: Sequence[float]
+                   ) -> dict[str, Any]:
+  """One page's row of predictions.csv: its path, true and predicted class, the probabilities."""
+  return {"source_path": source_path, "true_class": true_class,
+          "predicted_class": CLASS_NAMES[int(np.argmax(probabilities))],
+          **{c: float(p) for c, p in zip(PROBABILITY_COLUMNS, probabilities)}}
+
+
 def write_rows(rows: Sequence[dict[str, Any]], path: str) -> str:
   """Writes `rows` (dicts with the same keys) as a CSV file at `path`; returns the path."""
   with open(path, "w", newline="") as f:

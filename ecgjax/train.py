@@ -579,10 +579,9 @@ class Trainer:
     for i, p in enumerate(probabilities):
       record = source[i]
       path = record.get("source_path", record.get("image_id", str(i)))
-      rows.append({"source_path": path.decode() if isinstance(path, bytes) else str(path),
-                   "true_class": CLASS_NAMES[int(record["label"])],
-                   "predicted_class": CLASS_NAMES[int(np.argmax(p))],
-                   **{f"p_{c}": float(p[k]) for k, c in enumerate(CLASS_NAMES)}})
+      rows.append(report_lib.prediction_row(
+          path.decode() if isinstance(path, bytes) else str(path),
+          CLASS_NAMES[int(record["label"])], p))
     return rep, step, rows
 
 

@@ -38,7 +38,7 @@ from experiments import ablations  # pylint: disable=g-import-not-at-top,wrong-i
 from experiments import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RUN_NAME = re.compile(r"seed(\d+)_fold(\d+)$")
-PROB_COLUMNS = [f"p_{c}" for c in CLASS_NAMES]
+PROB_COLUMNS = list(report_lib.PROBABILITY_COLUMNS)
 
 
 class FuseError(ValueError):
@@ -56,9 +56,10 @@ def read_predictions(path: str) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def run_names(arm_dir: str) -> set[str]:
-  return {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in
-          glob.glob(os.path.join(arm_dir, "seed*_fold*", "eval", "predictions.csv"))
-          if RUN_NAME.match(os.path.basename(os.path.dirname(os.path.dirname(p))))}
+  """The runs (seedS_foldF) under `arm_dir` that wrote their test predictions."""
+  return {os.path.basename(d) for d in glob.glob(os.path.join(arm_dir, "seed*_fold*"))
+          if RUN_NAME.match(os.path.basename(d))
+          and os.path.exists(os.path.join(d, "eval", "predictions.csv"))}
 
 
 def fuse_run(run_dirs: Sequence[str], out_dir: str) -> dict:
@@ -83,10 +84,8 @@ def fuse_run(run_dirs: Sequence[str], out_dir: str) -> dict:
   eval_dir = os.path.join(out_dir, "eval")
   os.makedirs(eval_dir, exist_ok=True)
   report_lib.write(report, eval_dir)
-  report_lib.write_rows(
-      [{"source_path": p, "true_class": t, "predicted_class": CLASS_NAMES[int(m.argmax())],
-        **{c: float(v) for c, v in zip(PROB_COLUMNS, m)}}
-       for p, t, m in zip(pages, truth, mean)], os.path.join(eval_dir, "predictions.csv"))
+  report_lib.write_rows([report_lib.prediction_row(p, t, m) for p, t, m in zip(pages, truth, mean)],
+                        os.path.join(eval_dir, "predictions.csv"))
   data = {}
   first_config = os.path.join(run_dirs[0], "config.json")
   if os.path.exists(first_config):

@@ -22,8 +22,7 @@ AUGMENTATIONS = {
     "contrast": "contrast(0.3)", "blur": "blur(2, p=1.0)", "noise": "noise(8)",
 }
 ZERO_STRENGTH = ["rotate(0)", "scale(0)", "translate(0)", "shift(0)", "perspective(0)",
-                 "brightness(0)",
-                 "contrast(0)", "blur(0, p=1.0)", "noise(0)"]
+                 "brightness(0)", "contrast(0)", "blur(0, p=1.0)", "noise(0)"]
 PAPER = (250, 240, 240)
 GRID = (235, 170, 175)
 

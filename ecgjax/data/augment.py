@@ -7,10 +7,10 @@ as a static argument; `Augmentation.apply(images, key)` runs inside the jitted s
 from `key`, which the step derives from the run's seed and the step number: a resumed run sees the
 same augmentation, and so does a batch split over any number of devices.
 
-Geometric ops (rotate, scale, translate, shift, perspective) each give a 3x3 projective map per example;
-consecutive ones are multiplied into one map and the image is resampled once (bilinear), with the
-paper colour seen at the image's edge filled in where the page moved away, never black. Photometric
-ops (brightness, contrast, blur, noise) act on the float image and clip to 0..255.
+Geometric ops (rotate, scale, translate, shift, perspective) each give a 3x3 projective map per
+example; consecutive ones are multiplied into one map and the image is resampled once (bilinear),
+with the paper colour seen at the image's edge filled in where the page moved away, never black.
+Photometric ops (brightness, contrast, blur, noise) act on the float image and clip to 0..255.
 
 Signal ops (amplitude, lead_amplitude, time_shift, signal_noise, drop_leads) act instead on the
 digitized leads of a signal model (`config.data.input='signals'`: float32 (B, T, 13) in mV, each
