@@ -11,8 +11,9 @@ data set; about 1 minute a fold on 2 cores):
       --config.dataset.manual_dir=$HOME/ecg_release
 
 Why this one (292 development pages, 3 seeds x 5 folds, macro-F1; README "Results on real pages"):
-the signal model 0.887 +- 0.042 on 2 CPU cores (reporting its last checkpoint; 0.851 +- 0.040 with
-the best on the validation fold, as every figure after this one), against 0.769 +- 0.071 for the
+the signal model 0.887 +- 0.042 on 2 CPU cores, 0.874 +- 0.047 over 5 seeds (reporting its
+last checkpoint; 0.851 +- 0.040 with the best on the validation fold, as every figure after this
+one), against 0.769 +- 0.071 for the
 best page-image model (configs/cnn_small.py, 3.5 times slower) and 0.873 for the two trained
 together in one run (configs/fusion.py:cnn_small,signals,joint, 4.5 times slower; measured on an
 H200, where the signal model gave 0.873 too). The two trained apart and fused are no better than

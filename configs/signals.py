@@ -14,9 +14,10 @@ pages rendered; `ecg_signals_sim`), then fine-tuned:
       --config.dataset.manual_dir=$HOME/ecg_release --config.init_from=runs/signals_sim
 
 `--config=configs/signals.py:smoke` shrinks it to a CPU smoke run of seconds. This is the default
-recipe: configs/default.py returns this config (the best single run for a 2-core CPU, 0.887 +-
-0.042 macro-F1 on the 292 development pages over 3 seeds x 5 folds, a minute a fold; 0.851 +-
-0.040 when it reported its best checkpoint on the validation fold instead of its last).
+recipe: configs/default.py returns this config (the best single run for a 2-core CPU, 0.874 +-
+0.047 macro-F1 on the 292 development pages over 5 seeds x 5 folds, 0.887 +- 0.042 at seeds 0-2,
+a minute a fold; 0.851 +- 0.040 at seeds 0-2 when it reported its best checkpoint on the
+validation fold instead of its last).
 """
 
 import ml_collections
@@ -47,8 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.learning_rate = 3e-3
   config.train.weight_decay = 1e-4
   # The test fold is reported with the last checkpoint (the end of the cosine schedule, EMA), not
-  # the best on the validation fold: 0.887 +- 0.042 against 0.851 +- 0.040, higher in 9 of 15
-  # runs, lower in 1 (the model_selection ablation). With 59 pages, 3-4 of them `mi`, the
+  # the best on the validation fold: 0.887 +- 0.042 against 0.851 +- 0.040 (seeds 0-2), higher in
+  # 9 of 15 runs, lower in 1 (the model_selection ablation). With 59 pages, 3-4 of them `mi`, the
   # validation fold's best epoch is mostly its noise. The fold still validates (the curves).
   config.eval.checkpoint = "latest"
   # Maps of the first test pages, drawn on their digitized traces (ecgjax/saliency/signals.py);

@@ -210,8 +210,8 @@ def analyse(arm_dirs: Sequence[str], manual_dir: str | None = None) -> str:
               "them, and pages wrong in every run. The classes are not spread evenly over the "
               "quarters, and some are harder than others: compare the quarters' classes before "
               "their errors.", "",
-              "| measure | quarter | range | pages (" + " / ".join(CLASS_NAMES) + ") | runs wrong | "
-              "share wrong | always wrong |",
+              "| measure | quarter | range | pages (" + " / ".join(CLASS_NAMES) + ") | "
+              "runs wrong | share wrong | always wrong |",
               "|---|---|---|---|---|---|---|"]
     for field, title, worse_is_larger in MEASURES:
       for q, (lo, hi, per_class, wrong, runs, always) in enumerate(
