@@ -16,8 +16,11 @@ With `--manual_dir` (the release folder the runs' data set was built from) every
 arm is digitized again (`ecgjax.digitize`, about 0.03 s a 1280 px page) and the report adds how
 well: the always-wrong table gains each page's Einthoven residual (limb leads, 0 is perfect) and
 its worst lead's quality (the share of its columns where a trace was found), and a table splits the
-pages into quarters by each measure with the first arm's share of wrong predictions in each. Errors
-that gather in the worst-read quarter point at the digitizer; errors spread evenly point elsewhere.
+pages into quarters by each measure with the first arm's share of wrong predictions in each (and
+each quarter's pages per class, since the classes differ in difficulty), and a line per measure
+gives the Spearman rank correlation between a page's share of wrong runs and the measure within
+each class. Errors that gather on the worst-read pages point at the digitizer; errors spread
+evenly point elsewhere.
 
   python experiments/errors.py runs/ablations/signal_pooling/mean \
       --manual_dir=../shared/data/ecg_images_dev
