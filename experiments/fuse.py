@@ -38,7 +38,6 @@ from experiments import ablations  # pylint: disable=g-import-not-at-top,wrong-i
 from experiments import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RUN_NAME = re.compile(r"seed(\d+)_fold(\d+)$")
-PROB_COLUMNS = list(report_lib.PROBABILITY_COLUMNS)
 
 
 class FuseError(ValueError):
@@ -49,10 +48,12 @@ def read_predictions(path: str) -> tuple[list[str], list[str], np.ndarray]:
   """A run's predictions.csv -> (pages, true classes, probabilities [pages, classes])."""
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
-  if not rows or any(c not in rows[0] for c in ["source_path", "true_class", *PROB_COLUMNS]):
-    raise FuseError(f"{path}: expected rows with source_path, true_class and {PROB_COLUMNS}.")
+  columns = report_lib.PROBABILITY_COLUMNS
+  if not rows or any(c not in rows[0] for c in ("source_path", "true_class", *columns)):
+    raise FuseError(f"{path}: expected rows with source_path, true_class and "
+                    f"{', '.join(columns)}.")
   return ([r["source_path"] for r in rows], [r["true_class"] for r in rows],
-          np.array([[float(r[c]) for c in PROB_COLUMNS] for r in rows], np.float64))
+          np.array([[float(r[c]) for c in columns] for r in rows], np.float64))
 
 
 def run_names(arm_dir: str) -> set[str]:
