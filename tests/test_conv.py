@@ -110,7 +110,8 @@ def test_without_a_compiler_auto_falls_back_and_onednn_says_why(tmp_path):
 ], ids=["cnn", "vgg16", "mobilenet_v2"])
 def test_models_are_the_same_function_with_either_convolution(make):
   images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
-  variables = make("xla").init(jax.random.key(0), images)
+  # Jitted throughout: op by op, MobileNetV2 compiles each of its few hundred operations alone.
+  variables = jax.jit(make("xla").init)(jax.random.key(0), images)
 
   # Inference mode: training-mode BatchNorm over 2 images of 1x1 features (MobileNetV2's last
   # stages at 32 px) is too ill-conditioned for a comparison; the convolutions' three passes all run.
@@ -118,9 +119,9 @@ def test_models_are_the_same_function_with_either_convolution(make):
     logits = make(impl).apply({**variables, "params": params}, images)
     return jnp.sum(logits ** 2), logits
 
-  (_, ref), ref_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], "xla")
-  (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
-      variables["params"], "onednn")
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, ref), ref_grads = value_and_grad(variables["params"], "xla")
+  (_, out), grads = value_and_grad(variables["params"], "onednn")
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
   for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4)

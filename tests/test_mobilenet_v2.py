@@ -27,7 +27,7 @@ def tiny():
 
 def test_shapes_and_names(tiny):
   model, images, variables = tiny
-  logits, features = model.apply(variables, images, return_features=True)
+  logits, features = jax.jit(lambda v: model.apply(v, images, return_features=True))(variables)
   assert logits.shape == (2, 4) and features.shape == (2, 1280)
   params = variables["params"]
   assert params["Conv1"]["kernel"].shape == (3, 3, 3, 16)
@@ -50,8 +50,8 @@ def test_train_mode_updates_batch_stats_and_uses_dropout(tiny):
 
 def test_depthwise_impls_give_the_same_logits(tiny):
   model, images, variables = tiny
-  reference = model.clone(conv_impl="xla").apply(variables, images)
-  np.testing.assert_allclose(model.clone(conv_impl="shifted").apply(variables, images),
+  reference = jax.jit(model.clone(conv_impl="xla").apply)(variables, images)
+  np.testing.assert_allclose(jax.jit(model.clone(conv_impl="shifted").apply)(variables, images),
                              reference, rtol=1e-5, atol=1e-5)
 
 
@@ -61,4 +61,4 @@ def test_gray_input_and_bfloat16_compute():
   variables = jax.jit(model.init)(jax.random.key(0), images)
   assert variables["params"]["Conv1"]["kernel"].shape == (3, 3, 1, 16)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
-  assert model.apply(variables, images).dtype == jnp.float32
+  assert jax.jit(model.apply)(variables, images).dtype == jnp.float32
