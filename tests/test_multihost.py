@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from devices import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME_LIMIT_S = 420
 _LOSS = re.compile(r"\] \[(\d+)\] .*train/loss=([-+0-9.e]+|nan|inf)")
@@ -36,7 +38,7 @@ def _launch(workdir, data_dir, processes: int, devices_per_process: int, *overri
              "--config.data.augment=rotate(2)|scale(0.05)|brightness(0.1)|noise(2)",
              "--config.model.dropout=0.5", "--verbosity=1", *overrides]  # Each step's loss line.
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+             XLA_FLAGS=xla_flags(devices_per_process))
   if processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
                JAX_NUM_PROCESSES=str(processes))
@@ -160,7 +162,7 @@ def test_fusion_restores_its_backbones_in_two_processes(tfds_data_dir, tmp_path)
   backbone = str(tmp_path / "cnn")
   fused = str(tmp_path / "fusion")
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             XLA_FLAGS=xla_flags(1),
              JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
   procs = [subprocess.Popen([sys.executable, "-c", _FUSION_SCRIPT, tfds_data_dir, str(tmp_path), fused],
                             env=dict(env, JAX_PROCESS_ID=str(i)), cwd=REPO,

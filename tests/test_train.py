@@ -17,6 +17,8 @@ from ecgjax import checkpoints
 from ecgjax import mesh as mesh_lib
 from ecgjax import train
 
+from devices import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every augmentation op, so that resumption and sharding are checked with all of them drawing keys.
 AUGMENT = "rotate(2)|scale(0.05)|translate(0.02)|perspective(0.02)|brightness(0.15)|contrast(0.15)|blur(1)|noise(3)"
@@ -126,7 +128,7 @@ _LOSS_SCRIPT = textwrap.dedent("""
 
 
 def _losses(data_dir, workdir, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", _LOSS_SCRIPT, data_dir, workdir, AUGMENT], env=env,
                        capture_output=True, text=True, cwd=REPO, timeout=600)
@@ -152,7 +154,7 @@ def test_batch_that_does_not_divide_over_devices_is_an_error(tfds_data_dir, tmp_
       config.train.batch_size = 6
       train.Trainer(config, sys.argv[2])
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, "-c", script, tfds_data_dir, str(tmp_path)], env=env,
                        capture_output=True, text=True, cwd=REPO, timeout=300)
