@@ -5,7 +5,8 @@ r"""Seconds to compile each model's real train step, and what each way of compil
 
 Each (model, variant) runs in a fresh process, since XLA reads XLA_FLAGS once and caches its
 autotuning results per process. The process builds the `ecgjax.train.Trainer` a run builds from
-configs/NAME.py (with `--override`s), then times the compilation of its train step and eval step
+configs/NAME.py (with `--override`s), then times its initial state (the jitted initialisation,
+mostly compiling it), the compilation of its train step and eval step
 (`jit(...).lower(...).compile()`) and the train step's images/s on one device-resident batch.
 Variants:
   default          the code as shipped
@@ -14,6 +15,8 @@ Variants:
   pointwise_conv   MobileNetV2's 1x1 convolutions as `lax.conv_general_dilated` (cuDNN on a GPU)
                    rather than the `dot_general` that `ecgjax.models.pointwise` writes
   autotune_off     XLA_FLAGS=--xla_gpu_autotune_level=0
+  llvm_o1          XLA_FLAGS=--xla_backend_optimization_level=1 (tests/conftest.py sets it for the
+                   test suite): LLVM optimises the compiled CPU code less than at XLA's default 2
   cache_warm       the default again, from the persistent compilation cache (`jax_compilation_cache_dir`)
                    that the `default` variant's process filled (its figure includes writing it):
                    what a second run of the same config costs with a cache directory set
@@ -38,12 +41,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "cache_warm",
+VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "llvm_o1", "cache_warm",
             "cache_other_seed")
 _CACHED = ("cache_warm", "cache_other_seed")  # Read the cache that `default` fills.
 _OTHER_SEED = ("seed=1",)
 _XLA_FLAGS = {"no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
-              "autotune_off": "--xla_gpu_autotune_level=0"}
+              "autotune_off": "--xla_gpu_autotune_level=0",
+              "llvm_o1": "--xla_backend_optimization_level=1"}
 
 FLAGS = flags.FLAGS
 _FLAG_NAMES = ("models", "variants", "dataset", "manual_dir", "data_dir", "override", "steps",
@@ -93,7 +97,9 @@ def _measure(args) -> dict:
   config.compilation_cache_dir = args.cache_dir or ""
   workdir = tempfile.mkdtemp(prefix="ecgjax-compile-")
   trainer = train.Trainer(config, workdir)
-  state = trainer.initial_state()
+  start = time.perf_counter()
+  state = jax.block_until_ready(trainer.initial_state())  # Compiles the model's initialisation.
+  init_s = time.perf_counter() - start
   batch = mesh_lib.to_global(next(trainer.train_iterator()), trainer.mesh)
   start = time.perf_counter()
   compiled = trainer.train_step.lower(state, batch, trainer.run_inputs).compile()
@@ -106,7 +112,7 @@ def _measure(args) -> dict:
   eval_compile_s = time.perf_counter() - start
   best, _ = benchmark_pipeline.time_step(lambda s, b: compiled(s, b, trainer.run_inputs), state,
                                          batch, args.steps, args.repeats)
-  return {"model": args.models, "variant": args.variant, "compile_s": compile_s,
+  return {"model": args.models, "variant": args.variant, "init_s": init_s, "compile_s": compile_s,
           "eval_compile_s": eval_compile_s, "train_img_s": config.train.batch_size / best,
           "device": jax.devices()[0].device_kind}
 
@@ -153,14 +159,15 @@ def main(argv) -> None:
       row = _spawn(model, variant, args, cache_dir if variant in ("default", *_CACHED) else None)
       rows.append(row)
       print(json.dumps(row), flush=True)
-  print("\n| model | variant | train step compile s | eval step compile s | train step img/s |")
-  print("|---|---|---|---|---|")
+  print("\n| model | variant | init s | train step compile s | eval step compile s "
+        "| train step img/s |")
+  print("|---|---|---|---|---|---|")
   for r in rows:
     if "error" in r:
-      print(f"| {r['model']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | |")
+      print(f"| {r['model']} | {r['variant']} | failed: {r['error'].splitlines()[-1][:80]} | | | |")
     else:
-      print(f"| {r['model']} | {r['variant']} | {r['compile_s']:.1f} | {r['eval_compile_s']:.1f} "
-            f"| {r['train_img_s']:.0f} |")
+      print(f"| {r['model']} | {r['variant']} | {r['init_s']:.1f} | {r['compile_s']:.1f} "
+            f"| {r['eval_compile_s']:.1f} | {r['train_img_s']:.0f} |")
 
 
 def run() -> None:
