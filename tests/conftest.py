@@ -16,9 +16,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # add to these: devices.py).
 # - LLVM's optimisation level 1 instead of 2 for the programs XLA compiles: a model's
 #   initialisation compiles 1.5-3 times as fast, its train step up to a fifth faster
-#   (experiments/benchmark_compile.py, variant llvm_o1); the programs compute the same (the suite
-#   passes at either level, its bit-exact resume and Keras-import tests included). Runs outside
-#   the tests keep XLA's default.
+#   (experiments/benchmark_compile.py, variant llvm_o1). The suite, its bit-exact resume and
+#   Keras-import tests included, passes at either level. Runs outside the tests keep XLA's
+#   default.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1"
 # - The persistent compilation cache that runs use (configs/default.py), from the first
