@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from configs import default  # ml_collections only: jax is not imported yet.
+
 # Tests run on the CPU with whatever devices the process has; subprocess tests fake more.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -23,7 +25,8 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1"
 # - The persistent compilation cache that runs use (configs/default.py), from the first
 #   compilation of every process on, not only once a run sets it ...
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/ecgjax/jax"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.expanduser(default.base_config().compilation_cache_dir))
 # - ... and keeping every program, not only those that took over a second to compile: tests
 #   compile many small ones again and again (an operation at a time, outside jit).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
