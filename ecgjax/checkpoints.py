@@ -320,15 +320,18 @@ def reported_checkpoint(config: ml_collections.ConfigDict) -> str | int:
 
 
 def load_model(workdir: str, which: str | int | None = None,
-               model_factory: Callable[[ml_collections.ConfigDict], nn.Module] | None = None
-               ) -> LoadedModel:
+               model_factory: Callable[[ml_collections.ConfigDict], nn.Module] | None = None,
+               use_its_cache: bool = True) -> LoadedModel:
   """Rebuilds a run's model from `workdir/config.json` and restores its inference variables:
   checkpoint `which` ('best', 'latest' or a step), by default the one the run reported
   (`reported_checkpoint`), so that a run evaluated, explained or fused is the run its report
-  describes."""
+  describes. With `use_its_cache`, the process compiles into that run's compilation cache (its
+  `compilation_cache_dir`); a run that loads another's model (a fused model's backbones,
+  `init_from`) keeps its own."""
   config = read_config(workdir)
   which = reported_checkpoint(config) if which is None or which == "" else which
-  mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
+  if use_its_cache:
+    mesh_lib.use_compilation_cache(config.get("compilation_cache_dir"))
   manager = make_manager(workdir, keep=int(config.train.keep_checkpoints))
 
   def restore_step(step):

@@ -45,9 +45,12 @@ class ModelSetup:
       subtrees put in (as host values); None when nothing is restored.
     frozen: `params -> tree of bools`, True for each parameter the optimizer must not move (not even
       by weight decay); None when all train.
+    restored: the top-level subtrees of params and batch_stats that `restore` puts in; the trainer
+      does not initialise them. `restore` accepts trees without them.
   """
   model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   restore: Callable[[Any, Any], tuple[Any, Any]] | None = None
+  restored: frozenset[str] = frozenset()
   frozen: Callable[[Any], Any] | None = None
 
 
@@ -77,6 +80,7 @@ def prepare(config: ml_collections.ConfigDict) -> ModelSetup:
            for k, v in config.model.backbones.items()}
   return ModelSetup(model_overrides={"backbones": specs},
                     restore=functools.partial(_put_backbones, loaded) if loaded else None,
+                    restored=frozenset(f"{BACKBONE_PREFIX}{k}" for k in loaded),
                     frozen=frozen_backbones if frozen else None)
 
 
@@ -124,7 +128,8 @@ def load_backbones(workdirs: ml_collections.ConfigDict | dict[str, str]
     if not workdir:
       continue
     try:
-      loaded[key] = checkpoints.load_model(workdir)  # The checkpoint its run reported.
+      # The checkpoint its run reported; this run's compilation cache, not that run's.
+      loaded[key] = checkpoints.load_model(workdir, use_its_cache=False)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.fusion.workdirs.{key}={workdir!r}: {e}") from e
   return loaded

@@ -255,21 +255,36 @@ def batch_stats_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array],
 # ---------------------------------------------------------------------------------------------
 
 
-def _init_state(model, tx, image_shape, key: jax.Array) -> TrainState:
+def _init_variables(model, image_shape, key: jax.Array, skip: frozenset[str] = frozenset()
+                    ) -> tuple[Any, Any]:
+  """The model's initial (params, batch_stats), without the top-level subtrees named in `skip`.
+
+  Jitted, a skipped subtree is dead code: its initialisation is neither compiled nor run. Flax
+  draws each parameter from a key of its own path, so the others are the same values either way.
+  """
   # One example of every input: (1, *shape), or a dict of them for a model of several inputs.
   dummy = ({k: jnp.zeros((1, *shape), jnp.float32) for k, shape in image_shape.items()}
            if isinstance(image_shape, dict) else jnp.zeros((1, *image_shape), jnp.float32))
   variables = model.init({"params": key, "dropout": key}, dummy, train=False)
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats", {})
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  return ({k: v for k, v in params.items() if k not in skip},
+          {k: v for k, v in batch_stats.items() if k not in skip})
+
+
+def _new_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), ema_params=_copy(params),
                     eval_batch_stats=_copy(batch_stats))
 
 
+def _init_state(model, tx, image_shape, key: jax.Array) -> TrainState:
+  return _new_state(*_init_variables(model, image_shape, key), tx)
+
+
 def _init_from(state: TrainState, workdir: str) -> TrainState:
   """Copies every parameter (and BN statistic) of another run whose path and shape match."""
-  loaded = checkpoints.load_model(workdir)  # The checkpoint that run reported.
+  # The checkpoint that run reported; this run's compilation cache, not that run's.
+  loaded = checkpoints.load_model(workdir, use_its_cache=False)
   source = flax.traverse_util.flatten_dict(loaded.variables, sep="/")
   copied, skipped = 0, []
 
@@ -390,12 +405,25 @@ class Trainer:
 
   def initial_state(self) -> TrainState:
     # The seed's key is an argument, not a constant of the program: every seed compiles the same.
-    init = jax.jit(functools.partial(_init_state, self.model, self.tx, self.image_shape),
-                   out_shardings=self.state_sharding)
-    state = init(jax.random.key(self.config.seed))
+    key = jax.random.key(self.config.seed)
+    setup = self.model_setup
+    if setup.restored:
+      # A fused model initialises only what its backbones' runs do not give. Drawing the restored
+      # backbones too, to replace them, compiled their initialisation, most of a fused run's start
+      # (experiments/benchmark_compile.py, variant init_restored). As host values, like the
+      # restored backbones, they replicate over every process's devices.
+      init = jax.jit(functools.partial(_init_variables, self.model, self.image_shape,
+                                       skip=setup.restored))
+      params, batch_stats = setup.restore(*jax.device_get(init(key)))
+      state = jax.device_put(_new_state(params, batch_stats, self.tx), self.state_sharding)
+    else:
+      init = jax.jit(functools.partial(_init_state, self.model, self.tx, self.image_shape),
+                     out_shardings=self.state_sharding)
+      state = init(key)
     if self.config.init_from:
       state = jax.device_put(_init_from(state, self.config.init_from), self.state_sharding)
-    if self.model_setup.restore is not None:
+    if setup.restore is not None and (self.config.init_from or not setup.restored):
+      # The backbones' runs win over init_from, as they always have.
       params, batch_stats = self.model_setup.restore(state.params, state.batch_stats)
       state = jax.device_put(
           state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),

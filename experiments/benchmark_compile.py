@@ -17,6 +17,11 @@ Variants:
   autotune_off     XLA_FLAGS=--xla_gpu_autotune_level=0
   llvm_o1          XLA_FLAGS=--xla_backend_optimization_level=1 (tests/conftest.py sets it for the
                    test suite): LLVM optimises the compiled CPU code less than at XLA's default 2
+  init_restored    a fused model (`--models=fusion` with `--override=fusion.workdirs.KEY=RUN` for
+                   its trained backbones) initialised whole, in one program with its optimizer
+                   state, and then its backbones replaced by theirs, as the trainer did before
+                   2026-11-27: its init column against `default`'s is what initialising only the
+                   fusion head saves
   cache_warm       the default again, from the persistent compilation cache (`jax_compilation_cache_dir`)
                    that the `default` variant's process filled (its figure includes writing it):
                    what a second run of the same config costs with a cache directory set
@@ -41,8 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "llvm_o1", "cache_warm",
-            "cache_other_seed")
+VARIANTS = ("default", "no_triton_gemm", "pointwise_conv", "autotune_off", "llvm_o1",
+            "init_restored", "cache_warm", "cache_other_seed")
 _CACHED = ("cache_warm", "cache_other_seed")  # Read the cache that `default` fills.
 _OTHER_SEED = ("seed=1",)
 _XLA_FLAGS = {"no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
@@ -79,6 +84,14 @@ def _pointwise_as_conv():
   pointwise.pointwise_conv = conv
 
 
+def _initialise_restored_backbones():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from ecgjax import fusion_backbones  # pylint: disable=g-import-not-at-top
+  prepare = fusion_backbones.prepare
+  fusion_backbones.prepare = lambda config: dataclasses.replace(prepare(config),
+                                                                restored=frozenset())
+
+
 def _measure(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from ecgjax import checkpoints  # pylint: disable=g-import-not-at-top
@@ -91,6 +104,8 @@ def _measure(args) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   if args.variant == "pointwise_conv":
     _pointwise_as_conv()
+  if args.variant == "init_restored":
+    _initialise_restored_backbones()
   config = benchmark_pipeline.config_for(args.models, args.dataset, args.manual_dir,
                                          args.data_dir, args.override)
   # The Trainer sets the cache the config names: this variant's, or none (not the user's own).

@@ -1,6 +1,7 @@
 """End-to-end training on the smoke config: outputs, resumption, sharding, failure modes."""
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -311,9 +312,32 @@ def test_fusion_restores_frozen_backbones_from_their_runs(tfds_data_dir, tmp_pat
                       jax.tree_util.tree_leaves(fused.variables[collection][f"backbone_{key}"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The fusion head did train.
-  fresh = train.Trainer(config, str(tmp_path / "unused")).initial_state()
+  # Backbones' runs that named another compilation cache: the fused run keeps its own.
+  theirs = str(tmp_path / "their_cache")
+  for workdir in runs.values():
+    with open(os.path.join(workdir, "config.json")) as f:
+      record = json.load(f)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({**record, "compilation_cache_dir": theirs}, f)
+  trainer = train.Trainer(config, str(tmp_path / "unused"))
+  assert jax.config.jax_compilation_cache_dir != theirs
+  fresh = trainer.initial_state()
   assert not np.allclose(fresh.params["fusion_hidden"]["kernel"],
                          fused.variables["params"]["fusion_hidden"]["kernel"])
+  # Only the head was initialised, to the values it takes when the whole model is (the backbones
+  # drawn too, then replaced, as before); the backbones start as their runs left them.
+  whole = jax.jit(functools.partial(train._init_state, trainer.model, trainer.tx,  # pylint: disable=protected-access
+                                    trainer.image_shape))(jax.random.key(config.seed))
+  assert set(whole.params) == set(fresh.params)
+  for name in ("fusion_hidden", "fusion_logits"):
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params[name]),
+                    jax.tree_util.tree_leaves(fresh.params[name])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for key, workdir in runs.items():
+    own = checkpoints.load_model(workdir, "best").variables["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(own),
+                    jax.tree_util.tree_leaves(fresh.params[f"backbone_{key}"])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # A frozen backbone with no run to restore it from is an error naming the field.
   config.fusion.workdirs.cnn = ""
   with pytest.raises(ValueError, match="config.fusion.workdirs.cnn"):
