@@ -33,6 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = "resnet1d"
   config.model.stem_width = 32
   config.model.widths = (32, 64, 128, 128)  # Each stage halves time: 1250 samples -> 39 at the end.
+  # Half the widths or two blocks a stage measured worse (0.837 and 0.853 against 0.874, 5 seeds x
+  # 5 folds: the signal_capacity ablation).
   config.model.blocks_per_stage = 1
   config.model.kernel_size = 7
   config.model.dropout = 0.3
