@@ -12,6 +12,11 @@ them (a GPU loan returns the CSV files, not the checkpoints). Each fused run get
 `OUT/seedS_foldF/eval/{report.json,predictions.csv,confusion_matrix.png}`, the files a run writes,
 and a `config.json` naming its runs; `OUT/results.{md,csv,png}` aggregate them as a sweep's table.
 Runs that disagree on their pages or a page's label are refused with one line naming them.
+
+  python experiments/fuse.py --seeds runs/ablations/signal_capacity/base --out=runs/fused/seeds
+
+averages one arm's runs over its seeds instead, fold by fold (`OUT/foldF`): an ensemble of the
+seeds that every fold has.
 """
 
 from __future__ import annotations
@@ -82,6 +87,15 @@ def fuse_run(run_dirs: Sequence[str], out_dir: str) -> dict:
   # log(mean p) as logits: the report's softmax gives back the averaged probabilities exactly as
   # the fused model's 'mean_probs' (a log-mean-exp of log-softmaxes) does.
   report = report_lib.classification_report(labels, np.log(np.maximum(mean, 1e-30)))
+  # The checkpoints the fused runs reported, so that the table's column names them.
+  used = set()
+  for d in run_dirs:
+    run_report = os.path.join(d, "eval", "report.json")
+    if os.path.exists(run_report) and os.path.exists(os.path.join(d, "config.json")):
+      with open(run_report) as f:
+        used.add(sweep.reported_checkpoint(d, json.load(f)))
+  if used:
+    report["checkpoint"] = "/".join(sorted(used))
   eval_dir = os.path.join(out_dir, "eval")
   os.makedirs(eval_dir, exist_ok=True)
   report_lib.write(report, eval_dir)
@@ -123,13 +137,42 @@ def fuse(arm_dirs: Sequence[str], out: str, name: str | None = None) -> list[dic
   return sweep.aggregate(fused, runs, out)
 
 
+def fuse_seeds(arm_dir: str, out: str, name: str | None = None) -> list[dict]:
+  """Averages one arm's runs over its seeds, fold by fold (`OUT/foldF`): an ensemble of the seeds
+  that every fold of `arm_dir` has; returns the aggregate table's rows."""
+  by_fold: dict[int, dict[int, str]] = {}
+  for run in run_names(arm_dir):
+    seed, fold = map(int, RUN_NAME.match(run).groups())
+    by_fold.setdefault(fold, {})[seed] = os.path.join(arm_dir, run)
+  seeds = sorted(set.intersection(*(set(s) for s in by_fold.values()))) if by_fold else []
+  if len(seeds) < 2:
+    raise FuseError(f"{arm_dir}: fewer than two seeds with runs (seedS_foldF, with "
+                    f"eval/predictions.csv) in every fold; nothing to average over seeds.")
+  name = name or os.path.basename(os.path.normpath(out))
+  arm = ablations.Arm(name)
+  runs = []
+  for fold, seed_runs in sorted(by_fold.items()):
+    fuse_run([seed_runs[s] for s in seeds], os.path.join(out, f"fold{fold}"))
+    runs.append(sweep.Run(arm, seeds[0], fold, os.path.join(out, f"fold{fold}")))
+  fused = ablations.Ablation(
+      name, f"Probabilities averaged offline (experiments/fuse.py --seeds) over seeds "
+      f"{', '.join(map(str, seeds))} of {os.path.normpath(arm_dir)}, fold by fold.", arms=(arm,))
+  return sweep.aggregate(fused, runs, out)
+
+
 def _define_flags() -> None:
   flags.DEFINE_string("out", None, "Folder for the fused runs and their table.", required=True)
   flags.DEFINE_string("name", None, "The table's arm name (default: --out's folder name).")
+  flags.DEFINE_bool("seeds", False, "Average one arm folder's runs over their seeds, fold by fold.")
 
 
 def main(argv):
   try:
+    if flags.FLAGS.seeds:
+      if len(argv) != 2:
+        raise FuseError(f"--seeds averages one arm folder's seeds; got {len(argv) - 1} folders.")
+      fuse_seeds(argv[1], flags.FLAGS.out, flags.FLAGS.name)
+      return
     fuse(argv[1:], flags.FLAGS.out, flags.FLAGS.name)
   except FuseError as e:
     print(f"fuse.py: {e}", file=sys.stderr)

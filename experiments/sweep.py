@@ -314,10 +314,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def _reported_checkpoint(run: Run, report: dict[str, Any]) -> str:
+def reported_checkpoint(workdir: str, report: dict[str, Any]) -> str:
   """'best' (on the run's validation fold), 'latest' or a step: the checkpoint of its test report.
   A run without a validation fold has no best; reports written before they said so name 'best'."""
-  with open(os.path.join(run.workdir, "config.json")) as f:
+  with open(os.path.join(workdir, "config.json")) as f:
     if json.load(f).get("data", {}).get("val_fold", 0) is None:
       return "latest"
   return str(report.get("checkpoint", "best"))
@@ -335,7 +335,7 @@ def aggregate(ablation: ablations.Ablation, runs: Sequence[Run], out_dir: str) -
       if r.arm.name == arm.name and r.finished:
         with open(os.path.join(r.workdir, "eval", "report.json")) as f:
           reports.append(json.load(f))
-        checkpoints.add(_reported_checkpoint(r, reports[-1]))
+        checkpoints.update(reported_checkpoint(r.workdir, reports[-1]).split("/"))
     if not reports:
       continue
     row = {"arm": arm.name, "runs": len(reports), "checkpoint": "/".join(sorted(checkpoints))}

@@ -20,8 +20,9 @@ PAGES = [f"folder/page{i}.jpg" for i in range(12)]
 TRUTH = [CLASS_NAMES[i % 4] for i in range(12)]
 
 
-def _run(arm_dir, name, logits, order=None, truth=TRUTH):
-  """A run's eval/predictions.csv and config.json, its rows in `order` (default: as PAGES)."""
+def _run(arm_dir, name, logits, order=None, truth=TRUTH, checkpoint=None):
+  """A run's eval/predictions.csv and config.json, its rows in `order` (default: as PAGES); with
+  `checkpoint`, a validation fold and the report.json of a run that reported that checkpoint."""
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   order = range(len(PAGES)) if order is None else order
@@ -31,7 +32,10 @@ def _run(arm_dir, name, logits, order=None, truth=TRUTH):
   os.makedirs(os.path.join(arm_dir, name, "eval"))
   report_lib.write_rows(rows, os.path.join(arm_dir, name, "eval", "predictions.csv"))
   with open(os.path.join(arm_dir, name, "config.json"), "w") as f:
-    json.dump({"data": {"val_fold": None, "test_fold": 0}}, f)
+    json.dump({"data": {"val_fold": None if checkpoint is None else 1, "test_fold": 0}}, f)
+  if checkpoint is not None:
+    with open(os.path.join(arm_dir, name, "eval", "report.json"), "w") as f:
+      json.dump({"checkpoint": checkpoint}, f)
 
 
 def test_fused_runs_are_the_fused_models_mean_probs(tmp_path):
@@ -65,6 +69,43 @@ def test_fused_runs_are_the_fused_models_mean_probs(tmp_path):
   table = (tmp_path / "fused" / "results.md").read_text()
   assert f"| fused | 1 | latest | {report['accuracy']:.3f} +- 0.000 |" in table
   assert (out / "eval" / "confusion_matrix.png").stat().st_size > 5000
+
+
+def test_the_table_names_the_checkpoints_the_fused_runs_reported(tmp_path):
+  # Runs with a validation fold that reported their last checkpoint (the signal model's recipe),
+  # e.g. seeds of one config fused: the fused row says 'latest', not 'best'.
+  rng = np.random.default_rng(1)
+  arms = [str(tmp_path / f"seed{s}") for s in range(2)]
+  for arm in arms:
+    _run(arm, "seed0_fold0", rng.normal(0, 2, (len(PAGES), 4)), checkpoint="latest")
+  fuse.fuse(arms, str(tmp_path / "fused"))
+  assert "| fused | 1 | latest |" in (tmp_path / "fused" / "results.md").read_text()
+  _run(arms[0], "seed0_fold1", rng.normal(0, 2, (len(PAGES), 4)), checkpoint="best")
+  _run(arms[1], "seed0_fold1", rng.normal(0, 2, (len(PAGES), 4)), checkpoint="latest")
+  fuse.fuse(arms, str(tmp_path / "mixed"))
+  assert "| mixed | 2 | best/latest |" in (tmp_path / "mixed" / "results.md").read_text()
+
+
+def test_seeds_of_one_arm_averaged_fold_by_fold(tmp_path):
+  rng = np.random.default_rng(2)
+  arm = str(tmp_path / "signals")
+  logits = {(s, f): rng.normal(0, 2, (len(PAGES), 4)) for s in range(3) for f in range(2)}
+  for (s, f), lg in logits.items():
+    if (s, f) != (2, 1):  # Seed 2 lacks fold 1: only seeds 0 and 1 are averaged.
+      _run(arm, f"seed{s}_fold{f}", lg, order=rng.permutation(len(PAGES)), checkpoint="latest")
+  rows = fuse.fuse_seeds(arm, str(tmp_path / "seeds"))
+  assert [(r["runs"], r["checkpoint"]) for r in rows] == [(2, "latest")]
+  for f in range(2):
+    pages, _, probs = fuse.read_predictions(str(tmp_path / "seeds" / f"fold{f}" / "eval" /
+                                                 "predictions.csv"))
+    probs = probs[[pages.index(p) for p in PAGES]]
+    expected = np.mean([np.exp(logits[s, f]) / np.exp(logits[s, f]).sum(-1, keepdims=True)
+                        for s in (0, 1)], axis=0)
+    np.testing.assert_allclose(probs, expected, rtol=1e-6)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "fuse.py"), "--seeds",
+                           str(tmp_path / "seeds" / "fold0"), f"--out={tmp_path / 'again'}"],
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 1 and "fewer than two seeds" in result.stderr
 
 
 def test_refuses_other_pages_labels_or_no_runs(tmp_path):
