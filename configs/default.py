@@ -107,7 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
   # A fused model trained with its backbones: this share of the loss is each backbone's own
   # cross-entropy (their mean), the rest the fused output's; 1 trains them independently.
   config.train.branch_loss_weight = 0.0
-  # Exponential moving average of the parameters, used for evaluation; 0 turns it off.
+  # Exponential moving average of the parameters, used for evaluation; 0 turns it off. It warms up
+  # as TF's ExponentialMovingAverage(num_updates) does: the decay at step t is
+  # min(ema_decay, (1 + t) / (10 + t)), which reaches 0.99 only at step 890 (0.999 at 8,990). A run
+  # of fewer steps averages over about its last tenth whatever ema_decay says (the signal recipe's
+  # 600 steps end at 0.985).
   config.train.ema_decay = 0.99
   # Before each evaluation, BatchNorm statistics are recomputed for the evaluated parameters as exact
   # averages over this many training batches (no augmentation); 0 keeps the moving averages.
