@@ -423,7 +423,9 @@ class Trainer:
     if self.config.init_from:
       state = jax.device_put(_init_from(state, self.config.init_from), self.state_sharding)
     if setup.restore is not None and (self.config.init_from or not setup.restored):
-      # The backbones' runs win over init_from, as they always have.
+      # Restored (again) where the state was not built from them: after init_from, so that the
+      # backbones' runs win over it, as they always have, or after a whole initialisation (a setup
+      # that names no `restored` subtrees).
       params, batch_stats = self.model_setup.restore(state.params, state.batch_stats)
       state = jax.device_put(
           state.replace(params=params, batch_stats=batch_stats, ema_params=_copy(params),
