@@ -10,7 +10,8 @@ device between steps: whether the loss and parameters stayed finite travels in t
 read at log and checkpoint steps.
 
 Evaluation-mode statistics are made trustworthy in two ways, both configurable: the evaluated
-parameters are an exponential moving average of the trained ones (`train.ema_decay`), and before every
+parameters are an exponential moving average of the trained ones (`train.ema_decay`; over the last
+`train.swa_epochs`, their plain average instead: stochastic weight averaging), and before every
 evaluation the BatchNorm statistics are recomputed for exactly those parameters as plain averages over
 `train.bn_recompute_batches` training batches, instead of trusting moving averages that lag behind.
 """
@@ -109,16 +110,32 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
+def swa_start_step(train_config: ml_collections.ConfigDict, total_steps: int,
+                   steps_per_epoch: int) -> int | None:
+  """The step from which the evaluated parameters are a plain average (`train.swa_epochs`);
+  None: the EMA throughout."""
+  steps = int(round(float(train_config.get("swa_epochs") or 0.0) * steps_per_epoch))
+  return max(total_steps - steps, 0) if steps > 0 else None
+
+
 def create_optimizer(train_config: ml_collections.ConfigDict, total_steps: int,
                      steps_per_epoch: int, frozen: Callable[[Any], Any] | None = None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Warm-up + cosine schedule, the configured optimizer, clipping; parameters for which
   `frozen(params)` is True get no updates at all (not even weight decay)."""
   warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
-  warmup = min(warmup, max(total_steps - 1, 0))
+  swa_start = swa_start_step(train_config, total_steps, steps_per_epoch)
+  swa_rate = train_config.get("swa_learning_rate")
+  # With SWA's constant rate, the cosine ends where the averaging starts.
+  cosine_steps = swa_start if swa_start is not None and swa_rate is not None else total_steps
+  warmup = min(warmup, max(cosine_steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+      decay_steps=max(cosine_steps, warmup + 1),
+      end_value=0.0 if cosine_steps == total_steps else float(swa_rate))
+  if cosine_steps != total_steps:
+    schedule = optax.join_schedules([schedule, optax.constant_schedule(float(swa_rate))],
+                                    boundaries=[cosine_steps])
   name = train_config.optimizer
   if name == "adamw":
     opt = optax.adamw(schedule, weight_decay=train_config.weight_decay, mask=_decay_mask)
@@ -183,10 +200,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                ema_decay: float, value_range: tuple[float, float] | None, focal_gamma: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
                augment_key: jax.Array | None = None,
-               branch_loss_weight: float = 0.0) -> tuple[TrainState, TrainMetrics]:
+               branch_loss_weight: float = 0.0,
+               swa_start: int | None = None) -> tuple[TrainState, TrainMetrics]:
   """One optimizer step. With `branch_loss_weight` w > 0 (a fused model trained with its backbones)
   the loss is (1 - w) x the fused output's cross-entropy + w x the mean of each backbone's own
-  (`models.fusion.BRANCHES`): w = 1 trains the backbones independently, as separate runs would."""
+  (`models.fusion.BRANCHES`): w = 1 trains the backbones independently, as separate runs would.
+  From step `swa_start` on, `ema_params` is the plain average of the parameters after each step
+  since (stochastic weight averaging) instead of their EMA."""
   if augmentation:  # The page images only; signals (config.data.input) are never augmented.
     batch = {**batch, "image": augmentation.apply(batch["image"],
                                                   jax.random.fold_in(augment_key, state.step))}
@@ -215,6 +235,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   # The EMA warms up like TF's ExponentialMovingAverage(num_updates): early steps average less.
   decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  if swa_start is not None:  # k steps after swa_start, the average of k + 1 parameter sets.
+    since = (state.step - swa_start).astype(jnp.float32)
+    decay = jnp.where(state.step >= swa_start, since / (since + 1.0), decay)
   ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - decay)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params)
@@ -383,7 +406,8 @@ class Trainer:
             focal_gamma=float(config.train.get("focal_gamma", 0.0)),
             ema_decay=float(config.train.ema_decay), value_range=self.value_range,
             augmentation=self.augmentation,
-            branch_loss_weight=float(config.train.get("branch_loss_weight", 0.0))),
+            branch_loss_weight=float(config.train.get("branch_loss_weight", 0.0)),
+            swa_start=swa_start_step(config.train, self.total_steps, self.steps_per_epoch)),
         in_shardings=(self.state_sharding, batch_sharding, self.replicated),
         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(

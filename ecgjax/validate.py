@@ -69,6 +69,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   _number(config, "train.weight_decay", 0.0, float("inf"), "use 0 or more")
   _number(config, "train.warmup_epochs", 0.0, float("inf"), "use 0 or more epochs")
   _number(config, "train.ema_decay", 0.0, 0.999999, "use 0 (off) up to below 1")
+  epochs = config.train.num_epochs
+  _number(config, "train.swa_epochs", 0.0, float(epochs) - 1e-9,
+          f"use 0 (off) or fewer epochs than train.num_epochs={epochs}", optional=True)
+  _number(config, "train.swa_learning_rate", 1e-12, float("inf"),
+          "use a positive learning rate, or None to decay to 0", optional=True)
+  if config.train.get("swa_learning_rate") is not None and not config.train.get("swa_epochs"):
+    _fail("train.swa_learning_rate", config.train.swa_learning_rate, "it is the rate while "
+          "weights are averaged, so it needs train.swa_epochs > 0; use None")
   _number(config, "train.label_smoothing", 0.0, 0.999, "use 0 up to below 1")
   _number(config, "train.focal_gamma", 0.0, 10.0, "use 0 (plain cross-entropy) up to 10")
   _number(config, "train.grad_clip_norm", 1e-12, float("inf"),

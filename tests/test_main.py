@@ -55,6 +55,7 @@ def test_bad_value_fails_before_any_work(tmp_path):
     ("data.resize_mode", "crop"), ("eval.checkpoint", "newest"), ("saliency.method", "lime"),
     ("train.optimizer", "adam"), ("train.class_weights", "inverse"),
     ("train.learning_rate", 0.0), ("train.ema_decay", 1.0), ("data.read_threads", 0),
+    ("train.swa_epochs", 2.0), ("train.swa_epochs", -1.0), ("train.swa_learning_rate", 1e-3),
     ("data.test_fold", 5), ("data.val_fold", 0), ("data.val_fold", "none"),
     ("data.augment", "rotate(200)"),
     ("data.cache", "disk"), ("model.name", "resnet")])

@@ -284,6 +284,35 @@ def test_recomputed_batch_stats_are_plain_averages_of_batch_statistics(smoke_con
   assert not np.allclose(recomputed["stage0_bn0"]["mean"], state.batch_stats["stage0_bn0"]["mean"])
 
 
+def test_weight_averaging_evaluates_the_plain_mean_of_the_last_epochs_parameters(smoke_config,
+                                                                                 tmp_path):
+  # SWA over the last epoch (train.swa_epochs): what evaluation uses is the mean of the parameters
+  # after each of its steps, at the constant rate the cosine ends on where the averaging starts.
+  smoke_config.train.swa_epochs = 1.0
+  smoke_config.train.swa_learning_rate = 1e-3
+  trainer = train.Trainer(smoke_config, str(tmp_path))
+  start = trainer.total_steps - trainer.steps_per_epoch
+  assert start == train.swa_start_step(smoke_config.train, trainer.total_steps,
+                                       trainer.steps_per_epoch) > 1
+  rates = [float(trainer.schedule(s)) for s in range(trainer.total_steps)]
+  assert rates[start - 1] > 1e-3 and rates[start:] == pytest.approx([1e-3] * (len(rates) - start))
+  assert max(rates) == pytest.approx(smoke_config.train.learning_rate)
+  state, it = trainer.initial_state(), trainer.train_iterator()
+  after = []  # The trained parameters after each step (the state is donated: copied out).
+  for _ in range(trainer.total_steps):
+    state, _ = trainer.train_step(state, mesh_lib.to_global(next(it), trainer.mesh),
+                                  trainer.run_inputs)
+    after.append([np.asarray(p) for p in jax.tree_util.tree_leaves(state.params)])
+  averaged = [np.asarray(p) for p in jax.tree_util.tree_leaves(state.ema_params)]
+  for i, leaf in enumerate(averaged):
+    np.testing.assert_allclose(leaf, np.mean([a[i] for a in after[start:]], axis=0), rtol=1e-5,
+                               atol=1e-6)
+  # Not the EMA, nor the last parameters, nor a mean that starts a step early.
+  assert not np.allclose(averaged[0], after[-1][0])
+  assert not np.allclose(averaged[0], np.mean([a[0] for a in after[start - 1:]], axis=0),
+                         rtol=1e-5, atol=1e-6)
+
+
 def test_fusion_restores_frozen_backbones_from_their_runs(tfds_data_dir, tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import cnn, fusion, mobilenet_v2  # pylint: disable=g-import-not-at-top
