@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Pages are decoded and resized once, cached on disk beside the data set; 'memory' holds them in
   # RAM, 'mmap' memory-maps the cache (for sets larger than memory).
   config.data.cache = "memory"
+  # 'shuffle': each training page once an epoch; 'balanced': an epoch's pages drawn with
+  # replacement, each class equally often (with train.class_weights='none', as the imbalance
+  # ablations' `sampled` arms; both together weight `mi` twice).
+  config.data.sampling = "shuffle"
   config.data.worker_count = 0  # grain worker processes gathering batches (0: in the main process).
   config.data.read_threads = 4  # Threads gathering batches per process (an H100 is busier with 4 than 2).
   config.data.prefetch = 4  # Batches each thread gathers ahead.

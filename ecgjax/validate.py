@@ -90,6 +90,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   _choice(config, "train.optimizer", ("adamw", "sgd", "lamb"))
   _choice(config, "train.class_weights", ("balanced", "none"))
   _choice(config, "data.resize_mode", ("pad", "stretch"))
+  if config.data.get("sampling") is not None:
+    _choice(config, "data.sampling", pipeline.SAMPLING)
   _choice(config, "data.downscale", transforms.RESIZE_METHODS)
   if config.data.get("crop", "panel") != "panel":
     _choice(config, "data.crop", ("panel", "leads"))

@@ -58,7 +58,7 @@ def test_bad_value_fails_before_any_work(tmp_path):
     ("train.swa_epochs", 2.0), ("train.swa_epochs", -1.0), ("train.swa_learning_rate", 1e-3),
     ("data.test_fold", 5), ("data.val_fold", 0), ("data.val_fold", "none"),
     ("data.augment", "rotate(200)"),
-    ("data.cache", "disk"), ("model.name", "resnet")])
+    ("data.cache", "disk"), ("model.name", "resnet"), ("data.sampling", "oversample")])
 def test_every_bad_value_names_its_field(field, value):
   from ecgjax import validate  # pylint: disable=g-import-not-at-top
   config = _load(os.path.join(REPO, "configs", "cnn_small.py")).get_config("smoke")

@@ -123,6 +123,31 @@ def test_train_stream_is_seeded_reshuffled_and_resumable(smoke_config):
   np.testing.assert_array_equal(next(fresh)["image"], expected["image"])
 
 
+def test_balanced_sampling_draws_every_class_equally_often(smoke_config):
+  labels = np.repeat([0, 1, 2], [160, 30, 10])  # As skewed as the release (mi: 6%).
+  shuffled = pipeline.ShuffledBatches(len(labels), 20, seed=0)
+  balanced = pipeline.ShuffledBatches(len(labels), 20, seed=0, labels=labels)
+  assert balanced.per_epoch == shuffled.per_epoch == 10  # Epochs as long as without.
+  drawn = np.concatenate([balanced[k] for k in range(200 * balanced.per_epoch)])
+  share = np.bincount(labels[drawn], minlength=3) / len(drawn)
+  np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.01)
+  plain = np.concatenate([shuffled[k] for k in range(20 * shuffled.per_epoch)])
+  np.testing.assert_allclose(np.bincount(labels[plain]) / len(plain), [0.8, 0.15, 0.05])
+  # Seeded per epoch, the same in every process: two processes' halves are one global batch.
+  halves = [pipeline.ShuffledBatches(len(labels), 10, 0, p, 2, labels=labels)[7] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), balanced[7])
+  assert not np.array_equal(balanced[7], balanced[7 + balanced.per_epoch])
+  # Through the pipeline, on real decoded pages: with replacement, so not each page once.
+  source = _decoded(smoke_config, ("fold1", "fold2", "fold3"))
+  smoke_config.data.sampling = "balanced"
+  batch = next(iter(pipeline.train_dataset(source, smoke_config.data,
+                                           local_batch_size=len(source), seed=0)))
+  assert sorted(batch["label"]) != sorted(source.labels)
+  smoke_config.data.sampling = "random"
+  with pytest.raises(ValueError, match="config.data.sampling='random'"):
+    pipeline.train_dataset(source, smoke_config.data, local_batch_size=4, seed=0)
+
+
 def test_worker_processes_give_the_same_batches(smoke_config):
   source = _decoded(smoke_config, ("fold1",))
   inline = iter(pipeline.train_dataset(source, smoke_config.data, local_batch_size=2, seed=3))

@@ -226,6 +226,11 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
   _ensure_flags_parsed()
 
 
+# How training pages are drawn: 'shuffle' (each once an epoch) or 'balanced' (with replacement,
+# each class equally often).
+SAMPLING = ("shuffle", "balanced")
+
+
 class ShuffledBatches:
   """The index batches of an endless run of epochs, for `grain.MapDataset.source`.
 
@@ -236,11 +241,22 @@ class ShuffledBatches:
   processes sees every example in the same row as one process with as many devices (and draws the
   same augmentation and dropout for it). Shuffling whole epochs at once costs microseconds a batch;
   grain's per-example shuffle costs milliseconds (`experiments/benchmark_pipeline.py` prints both).
+
+  With `labels` (class-balanced sampling, `config.data.sampling='balanced'`), an epoch is as many
+  draws with replacement, each class drawn equally often in expectation: a page of a class of n
+  pages with probability 1 / (num_classes x n).
   """
 
   def __init__(self, num_examples: int, local_batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, labels: np.ndarray | None = None):
     self.num_examples = int(num_examples)
+    self.probabilities = None
+    if labels is not None:
+      labels = np.asarray(labels)
+      if len(labels) != self.num_examples:
+        raise ValueError(f"{len(labels)} labels for {self.num_examples} examples.")
+      _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+      self.probabilities = 1.0 / (len(counts) * counts[inverse])
     self.local_batch_size = int(local_batch_size)
     self.global_batch_size = self.local_batch_size * int(process_count)
     self.per_epoch = self.num_examples // self.global_batch_size
@@ -257,7 +273,10 @@ class ShuffledBatches:
   def permutation(self, epoch: int) -> np.ndarray:
     cached = self._cache
     if cached is None or cached[0] != epoch:
-      cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+      rng = np.random.default_rng([self.seed, epoch])
+      order = (rng.permutation(self.num_examples) if self.probabilities is None else
+               rng.choice(self.num_examples, self.num_examples, p=self.probabilities))
+      cached = (epoch, order)
       self._cache = cached  # One tuple assignment: safe with several reading threads.
     return cached[1]
 
@@ -275,8 +294,12 @@ def train_dataset(decoded: decoded_lib.DecodedImages, data_config: ml_collection
   checkpoints the position."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(ShuffledBatches(len(decoded), local_batch_size, seed,
-                                               process_index, process_count))
+  sampling = data_config.get("sampling", "shuffle")
+  if sampling not in SAMPLING:
+    raise ValueError(f"config.data.sampling={sampling!r}: use one of {SAMPLING}.")
+  ds = grain.MapDataset.source(ShuffledBatches(
+      len(decoded), local_batch_size, seed, process_index, process_count,
+      labels=decoded.labels if sampling == "balanced" else None))
   ds = ds.map(Gather(decoded))
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data_config.read_threads),
                                                  prefetch_buffer_size=int(data_config.prefetch)))
