@@ -66,6 +66,8 @@ _FOUR_FOLDS = {"data.val_fold": None, "eval.checkpoint": "latest"}
 # The page CNN and the signal model fused by averaging their probabilities: nothing to train.
 _FUSED_IMAGE_SIGNALS = "configs/fusion.py:cnn_small,signals"
 _FUSED_MEAN_PROBS = {"model.method": "mean_probs", "train.num_epochs": 1}
+# Class-balanced sampling in place of class weights: each class drawn equally often.
+_SAMPLED = {"data.sampling": "balanced", "train.class_weights": "none"}
 # Pre-training on simulated records: their fold 0 is its test (a record of how well it learned the
 # simulator), the other four train it.
 _SIM = {"dataset.name": "ecg_signals_sim", "data.test_fold": 0, "data.val_fold": None}
@@ -153,12 +155,13 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation(
             "imbalance",
             "The class imbalance (mi is 6% of the pages): plain cross-entropy, class weights "
-            "inverse to the training frequency (the default), and a focal loss (gamma 2) with "
-            "those weights.",
+            "inverse to the training frequency (the default), a focal loss (gamma 2) with "
+            "those weights, and class-balanced sampling without them.",
             arms=(Arm("none", {"train.class_weights": "none"}),
                   Arm("balanced", {"train.class_weights": "balanced"}),
                   Arm("balanced_focal2", {"train.class_weights": "balanced",
-                                          "train.focal_gamma": 2.0})),
+                                          "train.focal_gamma": 2.0}),
+                  Arm("sampled", _SAMPLED)),
             overrides=_SHARED_INPUT, smoke_overrides=_SMOKE_INPUT),
         Ablation(
             "vgg16_recipe",
@@ -345,12 +348,14 @@ ABLATIONS: dict[str, Ablation] = {
             "signal_imbalance",
             "The class imbalance (mi is 6% of the pages) for the signal model (configs/signals.py, "
             "the default), as the imbalance ablation for the page CNN: plain cross-entropy, class "
-            "weights inverse to the training frequency (the default), and a focal loss (gamma 2) "
-            "with those weights.",
+            "weights inverse to the training frequency (the default), a focal loss (gamma 2) "
+            "with those weights, and class-balanced sampling without them (each epoch's pages "
+            "drawn with replacement, each class equally often).",
             arms=(Arm("balanced", {"train.class_weights": "balanced"}),
                   Arm("none", {"train.class_weights": "none"}),
                   Arm("balanced_focal2", {"train.class_weights": "balanced",
-                                          "train.focal_gamma": 2.0})),
+                                          "train.focal_gamma": 2.0}),
+                  Arm("sampled", _SAMPLED)),
             config="configs/signals.py", overrides={"saliency.num_pages": 0}),
         Ablation(
             "signal_pretraining",
