@@ -126,14 +126,14 @@ def create_optimizer(train_config: ml_collections.ConfigDict, total_steps: int,
   warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
   swa_start = swa_start_step(train_config, total_steps, steps_per_epoch)
   swa_rate = train_config.get("swa_learning_rate")
-  # With SWA's constant rate, the cosine ends where the averaging starts.
-  cosine_steps = swa_start if swa_start is not None and swa_rate is not None else total_steps
+  constant = swa_start is not None and swa_rate is not None
+  # With SWA's constant rate, the cosine ends on that rate where the averaging starts.
+  cosine_steps = swa_start if constant else total_steps
   warmup = min(warmup, max(cosine_steps - 1, 0))
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(cosine_steps, warmup + 1),
-      end_value=0.0 if cosine_steps == total_steps else float(swa_rate))
-  if cosine_steps != total_steps:
+      decay_steps=max(cosine_steps, warmup + 1), end_value=float(swa_rate) if constant else 0.0)
+  if constant:
     schedule = optax.join_schedules([schedule, optax.constant_schedule(float(swa_rate))],
                                     boundaries=[cosine_steps])
   name = train_config.optimizer
