@@ -14,7 +14,8 @@ Each run is `python -m ecgjax.main` in its own workdir ROOT/NAME/ARM/seedS_foldF
 --processes=0). With --processes=N > 1 an arm's other runs start once its first has compiled its
 train step (which they then load from the persistent compilation cache). A run whose workdir
 already holds eval/report.json is skipped and a half-finished one resumes from its checkpoint, so
-a sweep stopped half-way is simply started again. At the end the
+a sweep stopped half-way is simply started again. Ctrl-C or SIGTERM (`kill`, a scheduler's
+preemption) stops the sweep's runs with it and starts no more. At the end the
 report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
 seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
 
@@ -31,8 +32,10 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
@@ -192,7 +195,38 @@ def apply_overrides(config, overrides: Mapping[str, Any] | Sequence[str]):
   return config
 
 
+class Stopped(Exception):
+  """The sweep was sent SIGINT or SIGTERM: its runs were stopped and resume when it is started
+  again."""
+
+
+# The runs in progress as subprocesses, and the signal that stops the sweep (`stop_on_signals`).
+_RUNNING: set[subprocess.Popen] = set()
+_STOPPING = threading.Event()
+_STOPPED_BY: list[signal.Signals] = []
+
+
+def stop_on_signals() -> None:
+  """From now on SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler) stop the runs in progress too,
+  each resuming from its last checkpoint when the sweep is started again, and start no more.
+  Without this a signal to the sweep alone left its runs going, and Ctrl-C, which reaches the runs
+  too, left the runs waiting for a process to start. Call it from a command's main thread."""
+  def stop(signum, frame):
+    del frame
+    _STOPPED_BY.append(signal.Signals(signum))
+    _STOPPING.set()
+    running = list(_RUNNING)
+    for proc in running:
+      proc.send_signal(signum)
+    if not running:  # Between runs, or in a run of this process (--processes=0): stop here.
+      raise Stopped("between runs, or in a run of this process")
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, stop)
+
+
 def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) -> None:
+  if _STOPPING.is_set():
+    raise Stopped(f"{run.workdir} was not started")
   os.makedirs(run.workdir, exist_ok=True)
   if in_process:
     from ecgjax import train  # pylint: disable=g-import-not-at-top
@@ -203,10 +237,20 @@ def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) 
   log = os.path.join(run.workdir, "sweep.log")
   with open(log, "a") as f:
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(command(run, config, overrides), cwd=REPO, stdout=f,
-                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
-  if proc.returncode:
-    raise RuntimeError(f"Run {run.workdir} failed (exit {proc.returncode}); see {log}.")
+    proc = subprocess.Popen(command(run, config, overrides), cwd=REPO, stdout=f,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
+    _RUNNING.add(proc)
+    if _STOPPING.is_set():  # The signal came between the check above and the start.
+      proc.terminate()
+    try:
+      returncode = proc.wait()
+    finally:
+      _RUNNING.discard(proc)
+  if returncode and _STOPPING.is_set():
+    logging.warning("Stopped %s; it resumes from its last checkpoint.", run.workdir)
+    raise Stopped(f"{run.workdir} was stopped")
+  if returncode:
+    raise RuntimeError(f"Run {run.workdir} failed (exit {returncode}); see {log}.")
 
 
 def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
@@ -449,8 +493,14 @@ def main(argv):
       ablations.with_needs(ablation, FLAGS.arms)
     except ValueError as e:
       raise app.UsageError(str(e)) from e
-  run_sweep(ablation, FLAGS.root, [int(s) for s in FLAGS.seeds], [int(f) for f in FLAGS.folds],
-            smoke=FLAGS.smoke, processes=FLAGS.processes, common=common, arms=FLAGS.arms)
+  stop_on_signals()
+  try:
+    run_sweep(ablation, FLAGS.root, [int(s) for s in FLAGS.seeds], [int(f) for f in FLAGS.folds],
+              smoke=FLAGS.smoke, processes=FLAGS.processes, common=common, arms=FLAGS.arms)
+  except Stopped as e:
+    signum = _STOPPED_BY[0]
+    logging.error("Stopped by %s (%s); the same command resumes the sweep.", signum.name, e)
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,6 +96,55 @@ def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_d
   assert len(ready) == 1 and len(second) == 1 and ready[0] < second[0], out.stderr[-3000:]
   rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
   assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "2"], ["dropout=0.5", "2"]]
+
+
+def _processes_naming(text: str) -> list[int]:
+  """The processes whose command line holds `text` (Linux's /proc)."""
+  found = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        if text.encode() in f.read():
+          found.append(int(pid))
+    except OSError:  # Gone meanwhile.
+      pass
+  return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the runs' processes in /proc")
+@pytest.mark.parametrize("signum,group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["sigterm_to_the_sweep", "ctrl_c_to_its_process_group"])
+def test_a_signal_stops_the_sweeps_runs_and_starts_no_more(signum, group, tfds_data_dir,
+                                                           tmp_path):
+  # Runs long enough to be stopped mid-training; two at once, a third waiting for a slot.
+  args = [sys.executable, "experiments/sweep.py", "--name=grid", "--config=configs/cnn.py",
+          "--grid=model.dropout=0.0", "--smoke", "--seeds=0", "--folds=0,1,2",
+          f"--root={tmp_path}", "--processes=2", f"--data_dir={tfds_data_dir}",
+          "--override=saliency.num_pages=0", "--override=train.num_epochs=100000"]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  arm = tmp_path / "grid" / "dropout=0.0"
+  try:
+    log, deadline = arm / "seed0_fold0" / "sweep.log", time.time() + 600
+    while sweep.TRAIN_STEP_READY not in (log.read_text() if log.exists() else ""):
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+      time.sleep(0.2)
+    runs = [pid for pid in _processes_naming(str(arm)) if pid != proc.pid]
+    assert runs  # The first run, in training; maybe the second, just started.
+    if group:  # As a terminal's Ctrl-C: the sweep and its runs at once.
+      os.killpg(proc.pid, signum)
+    else:
+      proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"Stopped by {signum.name}" in err, err[-3000:]
+    # No run of the sweep is left running, and the third never started.
+    assert _processes_naming(str(tmp_path)) == []
+  finally:  # A failure leaves no 100000-epoch run behind.
+    for pid in _processes_naming(str(tmp_path)):
+      os.kill(pid, signal.SIGKILL)
+  assert not (arm / "seed0_fold2").exists()
+  assert not (arm / "seed0_fold0" / "eval" / "report.json").exists()
 
 
 def test_arms_run_only_those_and_what_they_need(tfds_data_dir, tmp_path):
