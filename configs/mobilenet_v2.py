@@ -19,7 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.base_config()
   config.model = ml_collections.ConfigDict()
   config.model.name = "mobilenet_v2"
-  config.model.alpha = 1.0  # Width multiplier, as Keras' `alpha`.
+  # Width multiplier, as Keras' `alpha`. At 0.35 it fits its pages as well but generalises far
+  # worse: 0.446 against 0.690 macro-F1 without augmentation, lower on 5 of 5 folds (seed 0; the
+  # mobilenet_v2_width ablation).
+  config.model.alpha = 1.0
   config.model.dropout = 0.2  # Before the logits (Keras has none).
   config.model.bn_momentum = 0.9  # Keras' 0.999 leaves the statistics at their start in short runs.
   # Convolutions: 'auto' (oneDNN on CPU, lax.conv elsewhere), 'xla', 'onednn' or 'shifted'.
