@@ -209,8 +209,9 @@ _STOPPED_BY: list[signal.Signals] = []
 def stop_on_signals() -> None:
   """From now on SIGINT (Ctrl-C) and SIGTERM (`kill`, a scheduler) stop the runs in progress too,
   each resuming from its last checkpoint when the sweep is started again, and start no more.
-  Without this a signal to the sweep alone left its runs going, and Ctrl-C, which reaches the runs
-  too, left the runs waiting for a process to start. Call it from a command's main thread."""
+  Without this, SIGTERM to the sweep alone left its runs going, and after Ctrl-C (which reaches
+  the runs too) a parallel sweep still started the runs waiting for a slot. Call it from a
+  command's main thread."""
   def stop(signum, frame):
     del frame
     _STOPPED_BY.append(signal.Signals(signum))
