@@ -225,9 +225,28 @@ def stop_on_signals() -> None:
     signal.signal(signum, stop)
 
 
+# How JAX sizes its GPU memory pool (https://docs.jax.dev/en/latest/gpu_memory_allocation.html).
+GPU_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                        "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
+
+
+def run_environment(environ: Mapping[str, str]) -> dict[str, str]:
+  """The environment of a run the sweep starts as a subprocess: `environ`, the repository on
+  PYTHONPATH, and GPU memory allocated as the run needs it unless one of GPU_MEMORY_VARIABLES says
+  otherwise. By default each JAX process takes 75% of a GPU's memory at its first operation, so a
+  second run on the same GPU (--processes > 1, or two sweeps side by side) failed with
+  CUDA_ERROR_OUT_OF_MEMORY while autotuning its step (seen on an H200, 2026-11-27)."""
+  env = dict(environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, environ.get("PYTHONPATH")) if p)
+  if not any(name in environ for name in GPU_MEMORY_VARIABLES):
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+  return env
+
+
 def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) -> None:
   if _STOPPING.is_set():
     raise Stopped(f"{run.workdir} was not started")
+  logging.info("Starting %s", run.workdir)
   os.makedirs(run.workdir, exist_ok=True)
   if in_process:
     from ecgjax import train  # pylint: disable=g-import-not-at-top
@@ -237,9 +256,8 @@ def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) 
     return
   log = os.path.join(run.workdir, "sweep.log")
   with open(log, "a") as f:
-    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(command(run, config, overrides), cwd=REPO, stdout=f,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
+                            stderr=subprocess.STDOUT, env=run_environment(os.environ))
     _RUNNING.add(proc)
     if _STOPPING.is_set():  # The signal came between the check above and the start.
       proc.terminate()
@@ -268,9 +286,10 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
     common.setdefault("dataset.config", "tiny")
   runs = plan(ablation, root, seeds, folds)
   selected = ablations.with_needs(ablation, arms) if arms else {a.name for a in ablation.arms}
-  todo = [r for r in runs if not r.finished and r.arm.name in selected]
-  logging.info("%s: %d runs, %d finished, %d to do.", ablation.name, len(runs),
-               len(runs) - len(todo), len(todo))
+  mine = [r for r in runs if r.arm.name in selected]
+  todo = [r for r in mine if not r.finished]
+  logging.info("%s: %d runs%s, %d finished, %d to do.", ablation.name, len(mine),
+               f" of {len(selected)} arms" if arms else "", len(mine) - len(todo), len(todo))
   # Runs wait for the arms they need; within a wave they are independent.
   waves: list[list[Run]] = []
   for run in todo:
@@ -283,7 +302,6 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
              run_overrides(r, runs, ablation, common, smoke)) for r in wave]
     if processes <= 1:
       for r, config, overrides in jobs:
-        logging.info("Running %s", r.workdir)
         execute(r, config, overrides, in_process=processes == 0)
     else:
       _run_parallel(jobs, processes)
@@ -328,7 +346,6 @@ def _run_parallel(jobs: Sequence[tuple[Run, str, dict[str, Any]]], processes: in
     started, waiting = [], {}
     for name, (first, *others) in by_arm.items():
       offset = _log_size(first[0])  # A resumed run's log holds its earlier attempts.
-      logging.info("Starting %s", first[0].workdir)
       started.append(pool.submit(execute, *first, False))
       if others:
         waiting[name] = (first[0], offset, started[-1], others)
@@ -336,10 +353,9 @@ def _run_parallel(jobs: Sequence[tuple[Run, str, dict[str, Any]]], processes: in
       for name, (first, offset, future, others) in list(waiting.items()):
         ready = _step_ready(first, offset)
         if ready or future.done():
-          logging.info("%s: %s; starting its %d other runs.", name,
+          logging.info("%s: %s; its %d other runs start as processes come free.", name,
                        "train step compiled" if ready else "first run ended", len(others))
           for job in others:
-            logging.info("Starting %s", job[0].workdir)
             started.append(pool.submit(execute, *job, False))
           del waiting[name]
       if waiting:

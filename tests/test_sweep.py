@@ -131,6 +131,11 @@ def test_a_signal_stops_the_sweeps_runs_and_starts_no_more(signum, group, tfds_d
       time.sleep(0.2)
     runs = [pid for pid in _processes_naming(str(arm)) if pid != proc.pid]
     assert runs  # The first run, in training; maybe the second, just started.
+    # Runs side by side share a GPU: each allocates its memory as it needs it.
+    if not any(name in os.environ for name in sweep.GPU_MEMORY_VARIABLES):
+      for pid in runs:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+          assert b"XLA_PYTHON_CLIENT_PREALLOCATE=false" in f.read().split(b"\0"), pid
     if group:  # As a terminal's Ctrl-C: the sweep and its runs at once.
       os.killpg(proc.pid, signum)
     else:
@@ -145,6 +150,19 @@ def test_a_signal_stops_the_sweeps_runs_and_starts_no_more(signum, group, tfds_d
       os.kill(pid, signal.SIGKILL)
   assert not (arm / "seed0_fold2").exists()
   assert not (arm / "seed0_fold0" / "eval" / "report.json").exists()
+
+
+def test_a_run_keeps_the_users_gpu_memory_setting():
+  env = sweep.run_environment({"PATH": "/usr/bin", "PYTHONPATH": "/elsewhere"})
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  assert env["PATH"] == "/usr/bin"
+  assert env["PYTHONPATH"].split(os.pathsep) == [REPO, "/elsewhere"]
+  for name, value in (("XLA_PYTHON_CLIENT_MEM_FRACTION", ".2"),
+                      ("XLA_PYTHON_CLIENT_PREALLOCATE", "true"),
+                      ("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")):
+    env = sweep.run_environment({name: value})
+    assert env[name] == value
+    assert name == "XLA_PYTHON_CLIENT_PREALLOCATE" or "XLA_PYTHON_CLIENT_PREALLOCATE" not in env
 
 
 def test_arms_run_only_those_and_what_they_need(tfds_data_dir, tmp_path):
