@@ -15,7 +15,8 @@ Each run is `python -m ecgjax.main` in its own workdir ROOT/NAME/ARM/seedS_foldF
 train step (which they then load from the persistent compilation cache). A run whose workdir
 already holds eval/report.json is skipped and a half-finished one resumes from its checkpoint, so
 a sweep stopped half-way is simply started again. Ctrl-C or SIGTERM (`kill`, a scheduler's
-preemption) stops the sweep's runs with it and starts no more. At the end the
+preemption) stops the sweep's runs with it and starts no more. A failed run does not stop the
+others; the sweep names it at the end (exit 1). At the end the
 report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
 seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
 
@@ -200,6 +201,10 @@ class Stopped(Exception):
   again."""
 
 
+class RunFailed(RuntimeError):
+  """A run's process ended with an error (its sweep.log says which)."""
+
+
 # The runs in progress as subprocesses, and the signal that stops the sweep (`stop_on_signals`).
 _RUNNING: set[subprocess.Popen] = set()
 _STOPPING = threading.Event()
@@ -269,7 +274,8 @@ def execute(run: Run, config: str, overrides: dict[str, Any], in_process: bool) 
     logging.warning("Stopped %s; it resumes from its last checkpoint.", run.workdir)
     raise Stopped(f"{run.workdir} was stopped")
   if returncode:
-    raise RuntimeError(f"Run {run.workdir} failed (exit {returncode}); see {log}.")
+    logging.error("Run %s failed (exit %d); see %s.", run.workdir, returncode, log)
+    raise RunFailed(f"{run.workdir} (exit {returncode}; see {log})")
 
 
 def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
@@ -297,15 +303,29 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
     while len(waves) <= depth:
       waves.append([])
     waves[depth].append(run)
+  # A failed run does not stop the others of its wave; the waves after it (which may need it) do
+  # not start. The tables show what finished, then the sweep fails naming every failed run.
+  failed: list[str] = []
   for wave in waves:
+    if failed:
+      break
     jobs = [(r, config_file(r.arm, ablation, smoke),
              run_overrides(r, runs, ablation, common, smoke)) for r in wave]
-    if processes <= 1:
+    if processes == 0:
       for r, config, overrides in jobs:
-        execute(r, config, overrides, in_process=processes == 0)
+        execute(r, config, overrides, in_process=True)
+    elif processes == 1:
+      for r, config, overrides in jobs:
+        try:
+          execute(r, config, overrides, in_process=False)
+        except RunFailed as e:
+          failed.append(str(e))
     else:
-      _run_parallel(jobs, processes)
+      failed += _run_parallel(jobs, processes)
   aggregate(ablation, runs, os.path.join(root, ablation.name))
+  if failed:
+    raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The tables "
+                    "show the runs that finished; the same command runs the others again.")
   return runs
 
 
@@ -330,14 +350,14 @@ def _step_ready(run: Run, offset: int) -> bool:
 
 
 def _run_parallel(jobs: Sequence[tuple[Run, str, dict[str, Any]]], processes: int,
-                  poll_s: float = 1.0) -> None:
+                  poll_s: float = 1.0) -> list[str]:
   """Runs `jobs` in `processes` subprocesses at a time, an arm's first run ahead of the others.
 
   The runs of an arm compile one train step (the seed's keys and the folds' class weights are its
   arguments), so its other runs start once the first has logged that its step is compiled, into
   the persistent compilation cache, which they load instead of compiling it side by side; or once
   the first has ended. Ten MobileNetV2 runs compiling at once on a 16-core GPU host took 5 minutes
-  to their first step (docs/results/mobilenet_v2_schedule.md).
+  to their first step (docs/results/mobilenet_v2_schedule.md). Returns the failed runs.
   """
   by_arm: dict[str, list[tuple[Run, str, dict[str, Any]]]] = {}
   for job in jobs:
@@ -360,8 +380,13 @@ def _run_parallel(jobs: Sequence[tuple[Run, str, dict[str, Any]]], processes: in
           del waiting[name]
       if waiting:
         time.sleep(poll_s)
+    failed = []
     for future in started:
-      future.result()
+      try:
+        future.result()
+      except RunFailed as e:
+        failed.append(str(e))
+  return failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +543,9 @@ def main(argv):
     signum = _STOPPED_BY[0]
     logging.error("Stopped by %s (%s); the same command resumes the sweep.", signum.name, e)
     sys.exit(128 + signum)
+  except RunFailed as e:
+    logging.error("%s", e)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

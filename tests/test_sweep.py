@@ -85,8 +85,16 @@ def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_d
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert not (stopped / "eval" / "report.json").exists()
+  # Another holds a record of another run, so it fails at its start: the sweep runs the others,
+  # writes the tables of what finished and then fails, naming it.
+  refused = tmp_path / "grid" / "dropout=0.0" / "seed0_fold0"
+  refused.mkdir(parents=True)
+  (refused / "config.json").write_text('{"seed": 7}')
   out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert f"1 of 4 runs failed: {refused} (exit 1; see {refused / 'sweep.log'})" in out.stderr, \
+      out.stderr[-3000:]
+  assert "a run made with another config (seed: 7 -> 0)" in (refused / "sweep.log").read_text()
   assert "Resuming from the checkpoint at step 3" in (stopped / "sweep.log").read_text()
   # An arm's second run started once its first had compiled its train step.
   lines = out.stderr.splitlines()
@@ -95,7 +103,7 @@ def test_command_line_sweep_in_parallel_processes_with_a_stopped_run(tfds_data_d
             if l.endswith(f"Starting {tmp_path / 'grid' / 'dropout=0.5' / 'seed0_fold1'}")]
   assert len(ready) == 1 and len(second) == 1 and ready[0] < second[0], out.stderr[-3000:]
   rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
-  assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "2"], ["dropout=0.5", "2"]]
+  assert [r.split(",")[:2] for r in rows[1:]] == [["dropout=0.0", "1"], ["dropout=0.5", "2"]]
 
 
 def _processes_naming(text: str) -> list[int]:
