@@ -16,7 +16,7 @@ train step (which they then load from the persistent compilation cache). A run w
 already holds eval/report.json is skipped and a half-finished one resumes from its checkpoint, so
 a sweep stopped half-way is simply started again. Ctrl-C or SIGTERM (`kill`, a scheduler's
 preemption) stops the sweep's runs with it and starts no more. A failed run does not stop the
-others; the sweep names it at the end (exit 1). At the end the
+others (but with --processes=0); the sweep names it at the end (exit 1). At the end the
 report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
 seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
 
@@ -216,14 +216,20 @@ def stop_on_signals() -> None:
   each resuming from its last checkpoint when the sweep is started again, and start no more.
   Without this, SIGTERM to the sweep alone left its runs going, and after Ctrl-C (which reaches
   the runs too) a parallel sweep still started the runs waiting for a slot. Call it from a
-  command's main thread."""
+  command's main thread.
+
+  The runs are sent SIGTERM whichever signal came: SIGINT becomes a KeyboardInterrupt in a run,
+  which Python drops when it is raised in a weakref callback or `__del__` ("Exception ignored
+  in: <function WeakSet.__init__.<locals>._remove ...> KeyboardInterrupt"; a run trained on
+  after Ctrl-C in the tests, 2026-11-27). SIGTERM's default action ends the process wherever it
+  is; a run resumes from its last complete checkpoint after any kill."""
   def stop(signum, frame):
     del frame
     _STOPPED_BY.append(signal.Signals(signum))
     _STOPPING.set()
     running = list(_RUNNING)
     for proc in running:
-      proc.send_signal(signum)
+      proc.send_signal(signal.SIGTERM)
     if not running:  # Between runs, or in a run of this process (--processes=0): stop here.
       raise Stopped("between runs, or in a run of this process")
   for signum in (signal.SIGINT, signal.SIGTERM):
@@ -303,8 +309,9 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
     while len(waves) <= depth:
       waves.append([])
     waves[depth].append(run)
-  # A failed run does not stop the others of its wave; the waves after it (which may need it) do
-  # not start. The tables show what finished, then the sweep fails naming every failed run.
+  # A failed run does not stop the others of its wave (in-process runs, --processes=0, raise
+  # at once); the waves after it (which may need it) do not start. The tables show what
+  # finished, then the sweep fails naming every failed run.
   failed: list[str] = []
   for wave in waves:
     if failed:
@@ -325,7 +332,8 @@ def run_sweep(ablation: ablations.Ablation, root: str, seeds: Sequence[int],
   aggregate(ablation, runs, os.path.join(root, ablation.name))
   if failed:
     raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {'; '.join(failed)}. The tables "
-                    "show the runs that finished; the same command runs the others again.")
+                    "show the runs that finished; once their logs' errors are dealt with, the "
+                    "same command runs the rest.")
   return runs
 
 
