@@ -16,7 +16,7 @@ train step (which they then load from the persistent compilation cache). A run w
 already holds eval/report.json is skipped and a half-finished one resumes from its checkpoint, so
 a sweep stopped half-way is simply started again. Ctrl-C or SIGTERM (`kill`, a scheduler's
 preemption) stops the sweep's runs with it and starts no more. A failed run does not stop the
-others (but with --processes=0); the sweep names it at the end (exit 1). At the end the
+others (except with --processes=0); the sweep names it at the end (exit 1). At the end the
 report.json files are aggregated per arm into ROOT/NAME/results.{md,csv,png}: mean +- std over
 seeds and folds of accuracy, balanced accuracy and macro-F1 (and per-class F1).
 
